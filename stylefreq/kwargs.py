@@ -1,0 +1,57 @@
+"""The network-kwargs system: objects described by a dict holding `class_name` plus kwargs.
+
+This is the plug-in point shared with StyleGAN2-ADA: a training configuration names every network,
+loss and optimizer by a dotted `class_name`, so any importable class can be dropped in
+(`stylefreq.ssd.SSDDiscriminator`, `training.networks.Generator`, `torch.optim.Adam`, ...).
+"""
+
+import importlib
+
+
+class EasyDict(dict):
+    """A dict whose keys are also attributes (`d.lr` is `d['lr']`)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+    def __delattr__(self, name):
+        del self[name]
+
+
+def get_obj_by_name(name: str):
+    """Resolve a dotted name: the longest importable module prefix, then attribute lookups."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f'class_name must be a non-empty dotted name, got {name!r}')
+    parts = name.split('.')
+    for split in range(len(parts) - 1, 0, -1):
+        module_name = '.'.join(parts[:split])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            # Keep looking only if the missing module is the one we asked for (or a parent of it);
+            # an ImportError raised from *inside* an existing module is a real error.
+            if e.name is not None and module_name.startswith(e.name):
+                continue
+            raise
+        try:
+            for attr in parts[split:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            raise ImportError(f'cannot find {name!r}: module {module_name!r} has no attribute path '
+                              f'{".".join(parts[split:])!r}') from None
+        return obj
+    raise ImportError(f'cannot import {name!r}: no importable module prefix')
+
+
+def construct_class_by_name(*args, class_name: str, **kwargs):
+    """Instantiate `class_name(*args, **kwargs)`."""
+    cls = get_obj_by_name(class_name)
+    if not callable(cls):
+        raise TypeError(f'{class_name!r} is not callable')
+    return cls(*args, **kwargs)
