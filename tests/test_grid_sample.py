@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
-from stylefreq.ops.grid_sample import grid_sample
+from stylefreq.ops.grid_sample import grid_sample as _grid_sample, native_double_backward_works
+
+
+def grid_sample(x, grid):
+    """The reference (gather-based) implementation, whatever the installed torch supports."""
+    return _grid_sample(x, grid, impl='ref')
 
 
 def torch_grid_sample(x, grid):
@@ -114,3 +119,20 @@ def test_bad_arguments():
         grid_sample(x, torch.zeros(1, 2, 2, 2))
     with pytest.raises(ValueError, match='dtype'):
         grid_sample(x, torch.zeros(2, 2, 2, 2, dtype=torch.float64))
+
+
+def test_auto_impl_matches_reference_and_double_backward():
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 7, 9, requires_grad=True)
+    grid = (torch.rand(2, 5, 6, 2) * 2.4 - 1.2).requires_grad_(True)
+    out_auto = _grid_sample(x, grid)           # torch's kernel when it supports double backward
+    out_ref = grid_sample(x, grid)
+    assert (out_auto - out_ref).abs().max().item() < 1e-6
+    grads = []
+    for out in (out_auto, out_ref):
+        (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+        grads.append(torch.autograd.grad(gx.square().sum(), grid)[0])
+    assert (grads[0] - grads[1]).abs().max().item() < 1e-4 * (1 + grads[1].abs().max().item())
+    assert isinstance(native_double_backward_works(), bool)
+    with pytest.raises(ValueError, match='impl'):
+        _grid_sample(x, grid, impl='cuda')

@@ -17,8 +17,9 @@ the same numbers on all of them.
 This module computes the same function from differentiable primitives (``floor`` on detached
 coordinates, ``gather`` for the four neighbours, products with the bilinear weights), so autograd
 provides first, second and higher derivatives with respect to both ``input`` and ``grid`` on any
-torch version and device. It always runs this implementation; there is no version switch, so the
-results never depend on which torch is installed.
+torch version and device (``impl='ref'``). Where the installed torch's own kernel passes a one-time
+double-backward probe, ``impl='auto'`` (the default) uses it instead: it computes the same function
+(tests hold the two to 1e-6) and is far faster on CPU (about 90x for this op).
 
 Semantics are those of ``F.grid_sample(input, grid, mode='bilinear', padding_mode='zeros',
 align_corners=False)``: ``grid[n, i, j] = (x, y)`` in [-1, 1] addresses the *edges* of the image
@@ -35,13 +36,35 @@ import torch.nn.functional as F
 __all__ = ['grid_sample']
 
 
-def grid_sample(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:  # noqa: A002 (torch's name)
+_native_ok = None
+
+
+def native_double_backward_works() -> bool:
+    """Whether this torch's ``F.grid_sample`` supports double backward (probed once, on the CPU)."""
+    global _native_ok
+    if _native_ok is None:
+        try:
+            x = torch.randn(1, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+            g = (torch.rand(1, 2, 2, 2, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+            y = F.grid_sample(x, g, mode='bilinear', padding_mode='zeros', align_corners=False)
+            (dx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+            dx.square().sum().backward()
+            _native_ok = x.grad is not None and g.grad is not None
+        except RuntimeError:
+            _native_ok = False
+    return _native_ok
+
+
+def grid_sample(input: torch.Tensor, grid: torch.Tensor, impl: str = 'auto') -> torch.Tensor:  # noqa: A002
     """Bilinear sampling of ``input`` [N, C, H, W] at ``grid`` [N, Ho, Wo, 2] -> [N, C, Ho, Wo].
 
     Equivalent to ``F.grid_sample(input, grid, mode='bilinear', padding_mode='zeros',
-    align_corners=False)``, but twice (and more) differentiable with respect to ``input`` and
-    ``grid``.
+    align_corners=False)``, and twice (and more) differentiable with respect to ``input`` and
+    ``grid``. ``impl``: 'ref' = the gather-based implementation below, 'auto' = torch's kernel when
+    it supports double backward, else 'ref'.
     """
+    if impl not in ('auto', 'ref'):
+        raise ValueError(f"grid_sample: impl must be 'auto' or 'ref', got {impl!r}")
     if not isinstance(input, torch.Tensor) or input.ndim != 4:
         raise ValueError(f'grid_sample: input must be a 4-D [N, C, H, W] tensor, got '
                          f'{tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__}')
@@ -53,6 +76,9 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:  # noq
     if not input.is_floating_point() or input.dtype != grid.dtype:
         raise ValueError(f'grid_sample: input and grid must share one floating dtype, got '
                          f'{input.dtype} and {grid.dtype}')
+
+    if impl == 'auto' and native_double_backward_works():
+        return F.grid_sample(input, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
 
     n, c, h, w = input.shape
     _, ho, wo, _ = grid.shape
