@@ -255,6 +255,9 @@ _UPSTREAM_CLASSES = {name: f'training.networks.{name}' for name in (
     'SynthesisBlock', 'SynthesisNetwork', 'Generator', 'DiscriminatorBlock', 'MinibatchStdLayer',
     'DiscriminatorEpilogue', 'Discriminator')}
 _UPSTREAM_CLASSES['AugmentPipe'] = 'training.augment.AugmentPipe'
+# Networks written by `python -m stylefreq.export` (their state holds constructor arguments + tensors).
+_UPSTREAM_CLASSES['FrequencyShiftedGenerator'] = 'stylefreq.freqshift.FrequencyShiftedGenerator'
+_UPSTREAM_CLASSES['SSDDiscriminator'] = 'stylefreq.ssd.SSDDiscriminator'
 
 
 def allow_module_prefix(prefix: str):

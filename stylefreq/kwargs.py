@@ -5,6 +5,7 @@ loss and optimizer by a dotted `class_name`, so any importable class can be drop
 (`stylefreq.ssd.SSDDiscriminator`, `training.networks.Generator`, `torch.optim.Adam`, ...).
 """
 
+import contextlib
 import importlib
 
 
@@ -24,10 +25,33 @@ class EasyDict(dict):
         del self[name]
 
 
+# Dotted names resolved to given objects instead of by import, while `class_name_aliases` is active.
+_ALIASES = {}
+
+
+@contextlib.contextmanager
+def class_name_aliases(aliases: dict):
+    """Within the block, `get_obj_by_name(name)` returns `aliases[name]` for the names given.
+
+    An exported network (stylefreq.export) rebuilds itself inside a StyleGAN2-ADA checkout, where the
+    module name `training.networks` belongs to upstream: the embedded stylefreq classes are reached
+    through these aliases instead.
+    """
+    saved = dict(_ALIASES)
+    _ALIASES.update(aliases)
+    try:
+        yield
+    finally:
+        _ALIASES.clear()
+        _ALIASES.update(saved)
+
+
 def get_obj_by_name(name: str):
     """Resolve a dotted name: the longest importable module prefix, then attribute lookups."""
     if not isinstance(name, str) or not name:
         raise ValueError(f'class_name must be a non-empty dotted name, got {name!r}')
+    if name in _ALIASES:
+        return _ALIASES[name]
     parts = name.split('.')
     for split in range(len(parts) - 1, 0, -1):
         module_name = '.'.join(parts[:split])
