@@ -64,6 +64,7 @@ def run_one(opts):
             import cProfile
             profiler = cProfile.Profile()
             profiler.enable()
+        load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
         import contextlib
         import io
@@ -85,7 +86,10 @@ def run_one(opts):
                   sec_per_iteration=round(sec_per_kimg * args.batch_size / 1000, 4), phase_mean_sec=phases,
                   peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                   rss_at_last_tick_mb=round(ticks[-1]['Resources/cpu_mem_gb']['mean'] * 1024, 1),
-                  wall_sec=round(wall, 1))
+                  wall_sec=round(wall, 1),
+                  # Other processes on the machine distort CPU timings badly (threads spin-wait);
+                  # trust a figure only when the load average stayed near the threads used.
+                  loadavg_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)])
     if profiler is not None:
         record['profile'] = summarize_profile(profiler)
     print(json.dumps(record))
