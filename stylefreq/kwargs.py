@@ -25,6 +25,26 @@ class EasyDict(dict):
         del self[name]
 
 
+# Classes that may be built from a name read out of a file (a checkpoint's network records, its
+# training_set_kwargs). Filled by `register_class` (and by persistence.persistent_class).
+_REGISTERED = {}
+
+
+def register_class(cls):
+    """Class decorator: `cls` may be constructed from a `class_name` read out of a file.
+
+    Network classes get this through `persistence.persistent_class`; other classes that a pickle
+    names (datasets in `training_set_kwargs`) are decorated with it directly.
+    """
+    _REGISTERED[f'{cls.__module__}.{cls.__qualname__}'] = cls
+    return cls
+
+
+def registered_class(name: str):
+    """The registered class called `name` (module path + class name), or None."""
+    return _REGISTERED.get(name)
+
+
 # Dotted names resolved to given objects instead of by import, while `class_name_aliases` is active.
 _ALIASES = {}
 

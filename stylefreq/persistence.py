@@ -10,9 +10,12 @@ is executed.
 import copy
 import functools
 
+from stylefreq.kwargs import register_class
+
 
 def persistent_class(cls):
-    """Class decorator: instances remember `init_args`, `init_kwargs` and their dotted class name.
+    """Class decorator: instances remember `init_args`, `init_kwargs` and their dotted class name,
+    and the class is registered as one a checkpoint may construct (`kwargs.register_class`).
 
     The arguments are deep-copied at construction time, so later mutation of a config dict by the
     caller does not change what a checkpoint records.
@@ -30,7 +33,7 @@ def persistent_class(cls):
 
     cls.__init__ = __init__
     cls._stylefreq_persistent = True
-    return cls
+    return register_class(cls)
 
 
 def is_persistent(obj) -> bool:
