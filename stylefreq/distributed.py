@@ -134,8 +134,13 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_mean_(tensors) -> None:
-    """Average a list of same-dtype tensors over all processes in place, with one collective."""
-    tensors = [t for t in tensors if t is not None]
+    """Average a list of same-dtype tensors over all processes in place, with one collective.
+
+    Every process must pass the same shapes in the same order (give a missing gradient as zeros:
+    dropping it on one rank would pair the wrong tensors)."""
+    tensors = list(tensors)
+    if any(t is None for t in tensors):
+        raise TypeError('all_reduce_mean_: got None; pass zeros for missing gradients')
     if not tensors or not is_distributed():
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])

@@ -5,6 +5,7 @@ share no code with the implementation, so a wrong index, flip or padding in eith
 shows up as a mismatch.
 """
 
+import inspect
 import itertools
 import math
 
@@ -553,3 +554,296 @@ def test_package_layout():
     assert callable(ops.bias_act.bias_act) and callable(ops.upfirdn2d.upfirdn2d)
     assert callable(ops.conv2d_resample.conv2d_resample) and callable(ops.fma.fma)
     assert all(isinstance(getattr(ops, m), type(itertools)) for m in ('bias_act', 'upfirdn2d', 'conv2d_resample', 'fma'))
+
+
+# ---------------------------------------------------------------------------
+# Public signatures (callers written for StyleGAN2-ADA pass these by name)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('fn,expected', [
+    (lambda: upfirdn2d.setup_filter, dict(f=inspect.Parameter.empty, device=torch.device('cpu'), normalize=True,
+                                          flip_filter=False, gain=1, separable=None)),
+    (lambda: upfirdn2d.upfirdn2d, dict(x=inspect.Parameter.empty, f=inspect.Parameter.empty, up=1, down=1, padding=0,
+                                       flip_filter=False, gain=1, impl='cuda')),
+    (lambda: upfirdn2d.filter2d, dict(x=inspect.Parameter.empty, f=inspect.Parameter.empty, padding=0,
+                                      flip_filter=False, gain=1, impl='cuda')),
+    (lambda: upfirdn2d.upsample2d, dict(x=inspect.Parameter.empty, f=inspect.Parameter.empty, up=2, padding=0,
+                                        flip_filter=False, gain=1, impl='cuda')),
+    (lambda: upfirdn2d.downsample2d, dict(x=inspect.Parameter.empty, f=inspect.Parameter.empty, down=2, padding=0,
+                                          flip_filter=False, gain=1, impl='cuda')),
+    (lambda: conv2d_resample.conv2d_resample, dict(x=inspect.Parameter.empty, w=inspect.Parameter.empty, f=None, up=1,
+                                                   down=1, padding=0, groups=1, flip_weight=True, flip_filter=False)),
+    (lambda: bias_act.bias_act, dict(x=inspect.Parameter.empty, b=None, dim=1, act='linear', alpha=None, gain=None,
+                                     clamp=None, impl='cuda')),
+    (lambda: fma.fma, dict(a=inspect.Parameter.empty, b=inspect.Parameter.empty, c=inspect.Parameter.empty)),
+])
+def test_public_signatures(fn, expected):
+    params = inspect.signature(fn()).parameters
+    assert list(params) == list(expected)
+    assert {name: p.default for name, p in params.items()} == expected
+
+
+# ---------------------------------------------------------------------------
+# More upfirdn2d: adjoint, dtypes, memory formats, constant filter
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('up,down,pad,flip', [
+    ((2, 2), (1, 1), (2, 1, 2, 1), False),
+    ((1, 1), (2, 2), (1, 1, 1, 1), True),
+    ((3, 1), (2, 3), (1, -1, 2, 0), False),
+    ((2, 3), (3, 2), (0, 3, -2, 1), True),
+])
+def test_upfirdn2d_gradient_is_the_documented_adjoint(up, down, pad, flip):
+    # Spec: d/dx <upfirdn2d(x), dy> = upfirdn2d(dy, f, up=down, down=up, flip_filter=not flip,
+    # padding=[fw-px0-1, W*ux - W_out*dx + px0 - ux + 1, fh-py0-1, H*uy - H_out*dy + py0 - uy + 1]).
+    # The right-hand side is evaluated with the numpy reference, not with the code under test.
+    f = rand(3, 4, seed=70)
+    x = rand(2, 3, 7, 6, seed=71).requires_grad_(True)
+    y = upfirdn2d.upfirdn2d(x, f, up=list(up), down=list(down), padding=list(pad), flip_filter=flip, gain=1.5)
+    dy = rand(*y.shape, seed=72)
+    (grad,) = torch.autograd.grad(y, x, dy)
+    (ux, uy), (dx, dy_), (px0, px1, py0, py1) = up, down, pad
+    fh, fw = f.shape
+    H, W, H_out, W_out = x.shape[2], x.shape[3], y.shape[2], y.shape[3]
+    adj_pad = (fw - px0 - 1, W * ux - W_out * dx + px0 - ux + 1, fh - py0 - 1, H * uy - H_out * dy_ + py0 - uy + 1)
+    expect = ref_upfirdn(dy.numpy(), f.numpy(), up=(dx, dy_), down=(ux, uy), pad=adj_pad, flip=not flip, gain=1.5)
+    assert expect.shape == grad.shape
+    np.testing.assert_allclose(grad.numpy(), expect, rtol=1e-12, atol=1e-12)
+
+
+def test_upfirdn2d_filter_gets_no_gradient():
+    f = upfirdn2d.setup_filter([1, 3, 3, 1]).double().requires_grad_(True)
+    x = rand(1, 2, 6, 6, seed=73).requires_grad_(True)
+    upfirdn2d.upsample2d(x, f).sum().backward()
+    assert f.grad is None and x.grad is not None
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-6), (torch.float16, 4e-3)])
+@pytest.mark.parametrize('up,down,pad,taps', [(2, 1, [2, 1, 2, 1], [1, 3, 3, 1]), (1, 2, 1, [1, 3, 3, 1]),
+                                              (1, 1, 2, list(range(1, 9))), (2, 2, [3, 2, 0, 1], list(range(1, 13)))])
+def test_upfirdn2d_low_precision_against_float64(dtype, tol, up, down, pad, taps):
+    f = upfirdn2d.setup_filter(taps)  # float32, as networks store it
+    x = rand(2, 3, 12, 10, seed=74, dtype=dtype)
+    y = upfirdn2d.upfirdn2d(x, f, up=up, down=down, padding=pad, gain=up * up)
+    assert y.dtype == dtype
+    f2 = f.double().numpy() if f.ndim == 2 else np.outer(f.double().numpy(), f.double().numpy())
+    pads = [pad] * 4 if isinstance(pad, int) else pad
+    expect = ref_upfirdn(x.double().numpy(), f2, (up, up), (down, down), pads, False, up * up)
+    scale = np.abs(expect).max()
+    np.testing.assert_allclose(y.double().numpy(), expect, rtol=0, atol=tol * scale)
+
+
+@pytest.mark.parametrize('kwargs', [dict(up=2, padding=[2, 1, 2, 1], gain=4), dict(down=2, padding=1), dict(padding=2),
+                                    dict(up=[1, 2], down=[2, 1], padding=[0, 1, -1, 2])])
+def test_upfirdn2d_channels_last_input(kwargs):
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    x = rand(2, 5, 8, 8, seed=75, dtype=torch.float32)
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    y = upfirdn2d.upfirdn2d(xc, f, **kwargs)
+    np.testing.assert_allclose(y.detach().numpy(), upfirdn2d.upfirdn2d(x, f, **kwargs).numpy(), rtol=1e-6, atol=1e-6)
+    y.square().sum().backward()
+    assert xc.grad.shape == x.shape
+
+
+def test_setup_filter_rejects_zero_sum_when_normalizing():
+    with pytest.raises(ValueError, match='sum to zero'):
+        upfirdn2d.setup_filter([1, -1])
+    np.testing.assert_array_equal(upfirdn2d.setup_filter([1, -1], normalize=False).numpy(), [[1, -1], [-1, 1]])
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(up=True), 'up'), (dict(down=[2]), 'down'), (dict(up=[2, 0]), 'up'),
+    (dict(padding=[1, 2.5]), 'padding'), (dict(padding='1'), 'padding'),
+])
+def test_upfirdn2d_more_bad_arguments(kwargs, match):
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    with pytest.raises(ValueError, match=match):
+        upfirdn2d.upfirdn2d(torch.zeros(1, 1, 8, 8), f, **kwargs)
+    with pytest.raises(ValueError, match='filter'):
+        upfirdn2d.upfirdn2d(torch.zeros(1, 1, 8, 8), torch.ones(3, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match='floating'):
+        upfirdn2d.upfirdn2d(torch.zeros(1, 1, 8, 8, dtype=torch.int32), f)
+    with pytest.raises(ValueError, match='impl'):
+        upfirdn2d.upsample2d(torch.zeros(1, 1, 8, 8), f, impl='triton')
+
+
+# ---------------------------------------------------------------------------
+# Evaluation order: bitwise float32 parity on the CPU
+# ---------------------------------------------------------------------------
+# StyleGAN2-ADA's reference path fixes the float32 rounding of every op by the order in which it
+# evaluates it (networks_spec.md 1.3/1.4): zero insertion, padding, a depthwise F.conv2d with the
+# gain-scaled kernel cast to x's dtype, slicing; resampling convolutions in the per-case orders
+# below. The literal chains here are built from those primitives in that order; the op under test
+# must reproduce them bit for bit on the CPU (its shortcuts -- stride instead of slicing, implicit
+# instead of explicit padding, canvas instead of insert-then-pad -- must not change a bit).
+
+def literal_upfirdn(x, f, up=1, down=1, pad=(0, 0, 0, 0), flip=False, gain=1):
+    n, c, h, w = x.shape
+    u = torch.zeros(n, c, h * up, w * up, dtype=x.dtype)
+    u[:, :, ::up, ::up] = x
+    u = F.pad(u, list(pad))
+    if f.ndim == 1:
+        k = (f * gain ** 0.5).to(x.dtype)
+        k = k if flip else k.flip(0)
+        u = F.conv2d(u, k.reshape(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+        u = F.conv2d(u, k.reshape(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    else:
+        k = (f * gain).to(x.dtype)
+        k = k if flip else k.flip(0, 1)
+        u = F.conv2d(u, k.reshape(1, 1, *k.shape).repeat(c, 1, 1, 1), groups=c)
+    return u[:, :, ::down, ::down]
+
+
+FIR4 = [1, 3, 3, 1]
+
+
+def _centred(lead, trail):
+    return (lead, trail, lead, trail)
+
+
+@pytest.mark.parametrize('name,call,literal', [
+    ('upsample2d img', lambda x, f: upfirdn2d.upsample2d(x, f),
+     lambda x, f: literal_upfirdn(x, f, up=2, pad=_centred((len(f) + 1) // 2, (len(f) - 2) // 2), gain=4)),
+    ('downsample2d img', lambda x, f: upfirdn2d.downsample2d(x, f),
+     lambda x, f: literal_upfirdn(x, f, down=2, pad=_centred((len(f) - 1) // 2, (len(f) - 2) // 2))),
+    ('filter pad 1 gain 4', lambda x, f: upfirdn2d.upfirdn2d(x, f, padding=1, gain=4), lambda x, f: literal_upfirdn(x, f, pad=(1,) * 4, gain=4)),
+    ('filter pad 2', lambda x, f: upfirdn2d.upfirdn2d(x, f, padding=2), lambda x, f: literal_upfirdn(x, f, pad=(2,) * 4)),
+    ('asymmetric, cropped', lambda x, f: upfirdn2d.upfirdn2d(x, f, up=2, down=2, padding=[3, -1, 0, 2], flip_filter=True, gain=3),
+     lambda x, f: literal_upfirdn(x, f, up=2, down=2, pad=(3, -1, 0, 2), flip=True, gain=3)),
+])
+@pytest.mark.parametrize('taps', [FIR4, list(range(1, 13))])
+def test_upfirdn2d_float32_bitwise_reference_order(name, call, literal, taps):
+    f = upfirdn2d.setup_filter(taps)
+    x = rand(2, 16, 19, 17, seed=80, dtype=torch.float32)
+    assert torch.equal(call(x, f), literal(x, f)), name
+
+
+def literal_conv(x, w, flip_weight, **kwargs):
+    return F.conv2d(x, w if flip_weight else w.flip(2, 3), **kwargs)
+
+
+def _transposed_weight(w, groups):
+    o, i, kh, kw = w.shape
+    return w.reshape(groups, o // groups, i, kh, kw).transpose(1, 2).reshape(groups * i, o // groups, kh, kw)
+
+
+@pytest.mark.parametrize('case', ['conv0 up (d)', 'conv0 up fused (d)', 'conv1 (e)', 'torgb (e)', 'G skip 1x1 up (b)',
+                                  'D conv1 down (c)', 'D skip 1x1 down (a)', 'asymmetric (f)'])
+def test_conv2d_resample_float32_bitwise_reference_order(case):
+    # The concrete steps of networks_spec.md 1.4 for every layer shape the networks use.
+    f = upfirdn2d.setup_filter(FIR4)
+    groups = 2 if 'fused' in case else 1
+    k = 1 if '1x1' in case or 'torgb' in case else 3
+    x = rand(2, 8 * groups, 12, 12, seed=81, dtype=torch.float32)
+    w = rand(6 * groups, 8, k, k, seed=82, dtype=torch.float32)
+    cr = conv2d_resample.conv2d_resample
+    if case.startswith('conv0'):
+        got = cr(x, w, f=f, up=2, padding=1, groups=groups, flip_weight=False)
+        t = F.conv_transpose2d(x, _transposed_weight(w, groups), stride=2, groups=groups)  # H -> 2H + 1
+        expect = literal_upfirdn(t, f, pad=(1, 1, 1, 1), gain=4)
+    elif case.startswith('conv1') or case.startswith('torgb'):
+        got = cr(x, w, padding=k // 2)
+        expect = F.conv2d(x, w, padding=k // 2)
+    elif case.startswith('G skip'):
+        got = cr(x, w, f=f, up=2, flip_weight=False)
+        expect = literal_upfirdn(F.conv2d(x, w), f, up=2, pad=(2, 1, 2, 1), gain=4)
+    elif case.startswith('D conv1'):
+        got = cr(x, w, f=f, down=2, padding=1)
+        expect = F.conv2d(literal_upfirdn(x, f, pad=(2, 2, 2, 2)), w, stride=2)
+    elif case.startswith('D skip'):
+        got = cr(x, w, f=f, down=2)
+        expect = F.conv2d(literal_upfirdn(x, f, down=2, pad=(1, 1, 1, 1)), w)
+    else:
+        got = cr(x, w, padding=[2, 0, 1, 1], flip_weight=False)
+        expect = literal_conv(F.pad(x, [2, 0, 1, 1]), w, flip_weight=False)
+    assert torch.equal(got, expect), case
+
+
+def test_up_conv_is_a_true_convolution_of_the_upsampled_image():
+    # Spec 1.4, index-level statement: conv0's output equals
+    # corr_valid(upfirdn2d(x, FIR4, up=2, padding=(3, 2, 3, 2), gain=4), rot180(w)).
+    f = upfirdn2d.setup_filter(FIR4).double()
+    x, w = rand(2, 3, 5, 6, seed=83), rand(4, 3, 3, 3, seed=84)
+    got = conv2d_resample.conv2d_resample(x, w, f=f, up=2, padding=1, flip_weight=False)
+    up = ref_upfirdn(x.numpy(), f.numpy(), up=(2, 2), pad=(3, 2, 3, 2), gain=4)
+    expect = F.conv2d(torch.from_numpy(up), w.flip(2, 3)).numpy()
+    assert got.shape == (2, 4, 10, 12)
+    np.testing.assert_allclose(got.numpy(), expect, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('k,up,down,padding', [(3, 2, 1, [-4, -3, -5, -3]), (3, 2, 2, [-3, -4, -2, -2]), (2, 3, 1, -2)])
+def test_conv2d_resample_negative_padding_crops_inside_transposed_conv(k, up, down, padding):
+    # Case (d) with both P' entries negative: part of the crop moves into conv_transpose2d's padding.
+    f = upfirdn2d.setup_filter([1, 3, 5, 2]).double()
+    x, w = rand(1, 2, 9, 8, seed=85), rand(3, 2, k, k, seed=86)
+    y = conv2d_resample.conv2d_resample(x, w, f=f, up=up, down=down, padding=padding)
+    pad = [padding] * 4 if isinstance(padding, int) else padding
+    expect = ref_conv2d_resample(x.numpy(), w.numpy(), f.numpy(), up, down, pad, 1, True, False)
+    np.testing.assert_allclose(y.numpy(), expect, rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# More conv2d_resample: float16, channels_last, argument checks
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('k,up,down,groups,flip_weight', [(3, 2, 1, 2, False), (3, 1, 2, 1, True), (1, 1, 2, 1, True),
+                                                          (1, 2, 1, 1, False), (3, 1, 1, 1, True)])
+def test_conv2d_resample_float16_and_channels_last(k, up, down, groups, flip_weight):
+    f = upfirdn2d.setup_filter(FIR4)
+    x = rand(2, 4 * groups, 8, 8, seed=87, dtype=torch.float32)
+    w = rand(6 * groups, 4, k, k, seed=88, dtype=torch.float32) / (4 * k)
+    kwargs = dict(f=f, up=up, down=down, padding=k // 2, groups=groups, flip_weight=flip_weight)
+    expect = ref_conv2d_resample(x.double().numpy(), w.double().numpy(), f.double().numpy(), up, down,
+                                 [k // 2] * 4, groups, flip_weight, False)
+    y16 = conv2d_resample.conv2d_resample(x.half(), w.half(), **kwargs)
+    assert y16.dtype == torch.float16
+    np.testing.assert_allclose(y16.double().numpy(), expect, rtol=0, atol=5e-3 * np.abs(expect).max())
+    xc = x.contiguous(memory_format=torch.channels_last)
+    wc = w.contiguous(memory_format=torch.channels_last)
+    yc = conv2d_resample.conv2d_resample(xc, wc, **kwargs)
+    np.testing.assert_allclose(yc.numpy(), expect, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(padding=[1, 2, 3]), 'padding'), (dict(down=2.0), 'down'), (dict(groups=0), 'groups'),
+    (dict(f=torch.ones(2, 2, 2)), 'filter'),
+])
+def test_conv2d_resample_more_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        conv2d_resample.conv2d_resample(torch.zeros(1, 4, 8, 8), torch.zeros(2, 4, 3, 3), **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# CUDA (skipped without a GPU): same results as the CPU, gradients of any order
+# ---------------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+
+
+@cuda
+def test_ops_on_cuda_match_cpu():
+    dev = torch.device('cuda')
+    f = upfirdn2d.setup_filter(FIR4, device=dev)
+    x = rand(2, 8, 16, 16, seed=90)
+    w = rand(6, 8, 3, 3, seed=91)
+    for kwargs in [dict(up=2, padding=1, flip_weight=False), dict(down=2, padding=1), dict(padding=1)]:
+        y = conv2d_resample.conv2d_resample(x.to(dev), w.to(dev), f=f, **kwargs).cpu()
+        expect = conv2d_resample.conv2d_resample(x, w, f=f.cpu().double(), **kwargs)
+        np.testing.assert_allclose(y.numpy(), expect.numpy(), rtol=1e-10, atol=1e-10)
+    y = bias_act.bias_act(x.to(dev), rand(8, seed=92).to(dev), act='lrelu', clamp=1.0).cpu()
+    np.testing.assert_allclose(y.numpy(), bias_act.bias_act(x, rand(8, seed=92), act='lrelu', clamp=1.0).numpy())
+    x16 = x.to(dev, torch.float16)
+    y16 = upfirdn2d.upsample2d(x16, f)
+    assert y16.dtype == torch.float16
+    np.testing.assert_allclose(y16.double().cpu().numpy(), upfirdn2d.upsample2d(x, f.cpu().double()).numpy(), atol=2e-2)
+
+
+@cuda
+def test_conv2d_resample_cuda_gradgradcheck():
+    dev = torch.device('cuda')
+    f = upfirdn2d.setup_filter(FIR4, device=dev).double()
+    x = rand(1, 4, 5, 5, seed=93).to(dev).requires_grad_(True)
+    w = rand(4, 2, 3, 3, seed=94).to(dev).requires_grad_(True)
+    fn = lambda x, w: conv2d_resample.conv2d_resample(x, w, f=f, up=2, padding=1, groups=2, flip_weight=False)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w))
+    assert torch.autograd.gradgradcheck(fn, (x, w))

@@ -4,6 +4,21 @@
 argument names, defaults and activation table as StyleGAN2-ADA, written with plain
 torch ops so that autograd supplies gradients of any order (R1 and path-length
 regularisation need the second one).
+
+Rounding. Each step (add bias, activation, multiply by the gain unless it is exactly 1,
+clamp) is a separate elementwise op in ``x``'s dtype, which is how StyleGAN2-ADA's
+reference path rounds; on the CPU the results are bit-identical to it. On CUDA, upstream
+instead runs a fused kernel, and results there can differ from this module:
+
+* the kernel evaluates the whole chain in float32 and rounds once, also for float16
+  input, whereas here a float16 ``x`` is rounded to float16 after every step (a few fp16
+  ulps; float32 input differs only where the kernel's fast-math functions do);
+* the kernel saturates for ``|x| > 80`` (tanh -> +-1, sigmoid and swish -> 0 below -80,
+  softplus -> x above 80); torch's functions stay accurate there, and the two differ by
+  less than 1e-30 in absolute value;
+* under ``clamp`` the kernel maps NaN to ``-clamp``; ``torch.clamp`` keeps NaN;
+* the kernel passes the clamp gradient only strictly inside ``(-clamp, clamp)``, torch also
+  at equality (a measure-zero difference).
 """
 
 import math
@@ -53,7 +68,7 @@ def bias_act(
     alpha: Optional[float] = None,
     gain: Optional[float] = None,
     clamp: Optional[float] = None,
-    impl: str = 'ref',
+    impl: str = 'cuda',
 ) -> torch.Tensor:
     """Add a bias, apply an activation, scale, and clamp.
 
@@ -66,7 +81,8 @@ def bias_act(
         alpha: Negative slope for ``lrelu``; ``None`` picks the table default.
         gain:  Output scale; ``None`` picks the activation's ``def_gain``.
         clamp: If not ``None``, clamp the result to ``[-clamp, clamp]`` (must be >= 0).
-        impl:  ``'ref'`` or ``'cuda'``; accepted for compatibility, both run this code.
+        impl:  ``'ref'`` or ``'cuda'``; accepted for compatibility with StyleGAN2-ADA,
+               both run this torch-native code on every device.
 
     Returns:
         Tensor of the same shape and dtype as ``x``.
@@ -84,21 +100,21 @@ def bias_act(
     gain = float(spec.def_gain if gain is None else gain)
 
     if b is not None:
-        if x.ndim == 0:
-            raise ValueError('bias_act: x must have at least one dimension when a bias is given')
-        if not -x.ndim <= dim < x.ndim:
-            raise ValueError(f'bias_act: dim={dim} is out of range for x with {x.ndim} dimensions')
-        dim %= x.ndim
-        if not isinstance(b, torch.Tensor) or b.ndim != 1 or b.shape[0] != x.shape[dim]:
-            got = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
-            raise ValueError(f'bias_act: b must be a 1-D tensor of length x.shape[{dim}]={x.shape[dim]}, got {got}')
-        shape = [1] * x.ndim
-        shape[dim] = -1
-        x = x + b.to(x.dtype).reshape(shape)
+        x = x + _bias_along(b, x, dim).to(x.dtype)
+    y = spec.func(x, alpha)
+    # Multiplying by exactly one would only cost a pass over the tensor.
+    y = y if gain == 1 else y * gain
+    return y if clamp is None else y.clamp(min=-clamp, max=clamp)
 
-    x = spec.func(x, alpha)
-    if gain != 1:
-        x = x * gain
-    if clamp is not None:
-        x = x.clamp(-clamp, clamp)
-    return x
+
+def _bias_along(b, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """View the 1-D bias so that it broadcasts along dimension ``dim`` of ``x``."""
+    if x.ndim == 0:
+        raise ValueError('bias_act: x must have at least one dimension when a bias is given.')
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f'bias_act: dim={dim} is out of range for x with {x.ndim} dimensions.')
+    dim %= x.ndim
+    if not isinstance(b, torch.Tensor) or b.ndim != 1 or b.shape[0] != x.shape[dim]:
+        got = list(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+        raise ValueError(f'bias_act: b must be a 1-D tensor of length x.shape[{dim}]={x.shape[dim]}, got {got}.')
+    return b.view([b.shape[0] if axis == dim else 1 for axis in range(x.ndim)])
