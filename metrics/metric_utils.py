@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from stylefreq import checkpoint
+from stylefreq import checkpoint, download
 from stylefreq.kwargs import EasyDict, construct_class_by_name
 
 # ------------------------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def get_feature_detector(url, device=torch.device('cpu'), num_gpus=1, rank=0, ve
         if num_gpus > 1 and not leader:
             dist.barrier()
         try:
-            path = checkpoint.open_url(url, return_filename=True, verbose=verbose and leader)
+            path = download.open_url(url, return_filename=True, verbose=verbose and leader)
             _detectors[key] = torch.jit.load(path, map_location=device).eval()
         except (OSError, RuntimeError, ValueError) as e:
             if num_gpus > 1 and leader:
@@ -413,7 +413,7 @@ def stats_cache_path(opts, dataset_name, detector, key: dict) -> str:
     desc = json.dumps(dict(format=STATS_FORMAT, dataset_kwargs=opts.dataset_kwargs, **key), sort_keys=True,
                       default=repr)
     md5 = hashlib.md5(desc.encode('utf-8')).hexdigest()
-    return checkpoint.make_cache_dir_path('gan-metrics', f'{dataset_name}-{detector}-{md5}.pkl')
+    return download.make_cache_dir_path('gan-metrics', f'{dataset_name}-{detector}-{md5}.pkl')
 
 
 # ------------------------------------------------------------------------------------------------

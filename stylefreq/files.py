@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import tempfile
+import time
 
 PARTIAL_SUFFIX = '.partial'
 
@@ -31,6 +32,7 @@ def atomic_write(path, mode: str = 'wb'):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())         # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -51,16 +53,39 @@ def write_text(path, text: str) -> None:
         f.write(text)
 
 
-def remove_partial_files(directory) -> list:
-    """Delete the temporary files that killed writers left in `directory`; return their names."""
+def remove_partial_files(directory, target: str | None = None, older_than_s: float = 0.0) -> list:
+    """Delete the temporary files that killed writers left in `directory`; return their names.
+
+    `target` limits this to the leftovers of one destination file name; `older_than_s` spares
+    files modified more recently (a live writer in another process keeps its file fresh).
+    """
+    prefix = '.' if target is None else f'.{target}.'
     removed = []
+    now = time.time()
     with contextlib.suppress(OSError):
         for name in os.listdir(directory):
-            if name.startswith('.') and name.endswith(PARTIAL_SUFFIX):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(directory, name))
-                    removed.append(name)
+            if not (name.startswith(prefix) and name.endswith(PARTIAL_SUFFIX)):
+                continue
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if older_than_s and now - os.path.getmtime(path) < older_than_s:
+                    continue
+                os.unlink(path)
+                removed.append(name)
     return removed
+
+
+def _umask() -> int:
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)      # no way to read it without setting it elsewhere
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory):

@@ -19,6 +19,7 @@ if str(REPO) not in sys.path:
 import train  # noqa: E402
 from stylefreq import checkpoint, spectral  # noqa: E402
 from stylefreq.kwargs import construct_class_by_name  # noqa: E402
+from stylefreq import kwargs as sf_kwargs  # noqa: E402
 from stylefreq.persistence import persistent_class  # noqa: E402
 from stylefreq.ssd import SpectralClassifier, SSDDiscriminator  # noqa: E402
 from training import loss as loss_module  # noqa: E402
@@ -243,14 +244,14 @@ def test_checkpoint_force_fp16_reaches_the_spatial_d(tmp_path):
 
 
 def test_checkpoint_roundtrip_foreign_d(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, '_ALLOWED_MODULE_PREFIXES', list(checkpoint._ALLOWED_MODULE_PREFIXES))
+    monkeypatch.setattr(sf_kwargs, '_ALLOWED_MODULES', set(sf_kwargs._ALLOWED_MODULES))
     D = make_ssd(FOREIGN_D, c_dim=2).eval()
     path = str(tmp_path / 'foreign.pkl')
     checkpoint.save_network_pkl(path, dict(D=D, G=None, G_ema=None))
-    if not any(FOREIGN_D['class_name'].startswith(p) for p in checkpoint._ALLOWED_MODULE_PREFIXES):
-        with pytest.raises(checkpoint.CheckpointError, match='allow'):
-            checkpoint.load_network_pkl(path, verbose=False)
-    checkpoint.allow_module_prefix(TinyForeignD.__module__)
+    # The spatial D's module is not one that files may name until the user allows it.
+    with pytest.raises(checkpoint.CheckpointError, match='allow_module'):
+        checkpoint.load_network_pkl(path, verbose=False)
+    sf_kwargs.allow_module(TinyForeignD.__module__)
     D2 = checkpoint.load_network_pkl(path, verbose=False)['D']
     assert isinstance(D2.spatial, TinyForeignD)
     x, c = images(), torch.eye(2)[torch.tensor([0, 1, 1, 0])]

@@ -59,7 +59,8 @@ def setup_filter(f, device=torch.device('cpu'), normalize=True, flip_filter=Fals
     Returns:
         float32 tensor ``[f_h, f_w]`` or, when separable, ``[taps]``.
     """
-    taps = torch.as_tensor(1 if f is None else f, dtype=torch.float32)
+    # Built on the CPU whatever the ambient default device (checkpoints construct networks on 'meta').
+    taps = torch.as_tensor(1 if f is None else f, dtype=torch.float32, device='cpu')
     if taps.ndim == 0:
         taps = taps.reshape(1)
     if taps.ndim > 2 or taps.numel() == 0:
