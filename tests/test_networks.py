@@ -1,6 +1,8 @@
-"""Generator/Discriminator: upstream's names, shapes and parameter counts; numerics of the pieces
-against small references written here; behaviour (truncation, noise, conditioning, Freeze-D, fp16
-flags on CPU); first and second order gradients as R1 and path-length regularisation use them."""
+"""Generator/Discriminator: upstream's names, shapes, parameter counts and init order; numerics of the
+pieces against small references written here; behaviour (truncation, noise, conditioning, Freeze-D,
+the fused-modconv rule); precision rules (fp16 blocks on CPU and with fp16_on_cpu); input checks;
+first and second order gradients as R1 and path-length regularisation use them; the loss's phase
+handling and discriminator hook. Parity with upstream's numbers: tests/test_parity.py."""
 
 import math
 
@@ -9,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stylefreq.kwargs import registered_class
+from training import loss as loss_module
 from training import networks
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +156,10 @@ def test_parameter_counts_match_upstream_presets(R, G_kwargs, D_kwargs, c_dim, G
                                conv_clamp=256, epilogue_kwargs=dict(mbstd_group_size=4), **D_kwargs)
     assert sum(p.numel() for p in G.parameters()) == G_count
     assert sum(p.numel() for p in D.parameters()) == D_count
+    # num_fp16_res=4: the four highest resolutions, never below 8.
+    fp16_res = [r for r in (R // 8, R // 4, R // 2, R) if r >= 8]
+    assert [r for r in G.synthesis.block_resolutions if getattr(G.synthesis, f'b{r}').use_fp16] == fp16_res
+    assert [r for r in D.block_resolutions if getattr(D, f'b{r}').use_fp16] == fp16_res[::-1]
 
 
 def test_num_ws_per_resolution():
@@ -384,3 +392,292 @@ def test_persistent_classes_record_constructor_arguments():
     assert G._init_kwargs['c_dim'] == 2
     assert G._init_kwargs['synthesis_kwargs']['channel_base'] == 256
     assert G.synthesis._init_kwargs['img_resolution'] == 16
+
+
+PERSISTENT = ['FullyConnectedLayer', 'Conv2dLayer', 'MappingNetwork', 'SynthesisLayer', 'ToRGBLayer', 'SynthesisBlock',
+              'SynthesisNetwork', 'Generator', 'DiscriminatorBlock', 'MinibatchStdLayer', 'DiscriminatorEpilogue',
+              'Discriminator']
+
+
+@pytest.mark.parametrize('name', PERSISTENT)
+def test_checkpointed_classes_are_registered(name):
+    assert registered_class(f'training.networks.{name}') is getattr(networks, name)
+
+
+def test_init_draws_follow_upstream_creation_order():
+    """Same seed, same initial weights as upstream: randn draws in module creation order (spec section 4)."""
+    torch.manual_seed(3)
+    G = tiny_G(R=8)
+    torch.manual_seed(3)
+    S = G.synthesis
+    expected = [S.b4.const, S.b4.conv1.affine.weight, S.b4.conv1.weight, S.b4.conv1.noise_const,
+                S.b4.torgb.affine.weight, S.b4.torgb.weight,
+                S.b8.conv0.affine.weight, S.b8.conv0.weight, S.b8.conv0.noise_const,
+                S.b8.conv1.affine.weight, S.b8.conv1.weight, S.b8.conv1.noise_const,
+                S.b8.torgb.affine.weight, S.b8.torgb.weight]
+    for t in expected:
+        assert torch.equal(t, torch.randn(t.shape))
+    for fc in (G.mapping.fc0, G.mapping.fc1):       # mapping after synthesis; stored N(0,1)/lr_multiplier
+        assert torch.equal(fc.weight, torch.randn(fc.weight.shape) / 0.01)
+    assert torch.equal(S.b4.conv1.affine.bias, torch.ones_like(S.b4.conv1.affine.bias))
+
+    torch.manual_seed(4)
+    D = tiny_D(R=8, c_dim=2)
+    torch.manual_seed(4)
+    for t in [D.b8.fromrgb.weight, D.b8.conv0.weight, D.b8.conv1.weight, D.b8.skip.weight, D.mapping.embed.weight]:
+        assert torch.equal(t, torch.randn(t.shape))
+    for i in range(8):
+        w = getattr(D.mapping, f'fc{i}').weight
+        assert torch.equal(w, torch.randn(w.shape) / 0.01)
+    for t in [D.b4.conv.weight, D.b4.fc.weight, D.b4.out.weight]:
+        assert torch.equal(t, torch.randn(t.shape))
+
+# ---------------------------------------------------------------------------------------------
+# Input checks at the public boundaries: one sentence, no traceback from inside a layer.
+
+
+def test_bad_input_shapes_are_rejected():
+    G, D = tiny_G(c_dim=3), tiny_D(c_dim=3)
+    z, c = torch.randn(2, 32), torch.randn(2, 3)
+    cases = [
+        (lambda: G(torch.randn(2, 31), c), 'latent z'),
+        (lambda: G(torch.randn(2, 32, 1), c), 'latent z'),
+        (lambda: G(z, torch.randn(2, 4)), 'label c'),
+        (lambda: G(z, torch.randn(3, 3)), 'label c'),
+        (lambda: G.mapping(z, None), 'label'),
+        (lambda: G.synthesis(torch.randn(2, G.num_ws - 1, 32)), 'ws must have shape'),
+        (lambda: G.synthesis(torch.randn(2, G.num_ws)), 'ws must have shape'),
+        (lambda: D(torch.randn(2, 3, 8, 8), c), 'images must have shape'),
+        (lambda: D(torch.randn(2, 1, 16, 16), c), 'images must have shape'),
+        (lambda: D(torch.randn(2, 3, 16, 16), None), 'labels must have shape'),
+        (lambda: D(torch.randn(2, 3, 16, 16), torch.randn(4, 3)), 'labels must have shape'),
+        (lambda: D.mapping(None, c, truncation_psi=0.5), 'w_avg'),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message) as info:
+            call()
+        assert '\n' not in str(info.value)
+
+# ---------------------------------------------------------------------------------------------
+# Precision rules.
+
+
+def _record_output_dtypes(net, kinds=(networks.SynthesisLayer, networks.ToRGBLayer, networks.Conv2dLayer)):
+    seen = {}
+    for name, module in net.named_modules():
+        if isinstance(module, kinds):
+            module.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.dtype))
+    return seen
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval', 'eval_fused'])
+@pytest.mark.parametrize('architecture', ['skip', 'resnet'])
+def test_fp16_blocks_stay_float16_with_fp16_on_cpu(mode, architecture):
+    torch.manual_seed(12)
+    G = tiny_G(architecture=architecture, num_fp16_res=2, conv_clamp=256).train(mode == 'train')
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(torch.randn_like(p) * 0.1)    # non-zero noise strengths: the noise add is exercised
+    seen = _record_output_dtypes(G.synthesis)
+    fused = True if mode == 'eval_fused' else None
+    for noise_mode in ('const', 'random'):
+        seen.clear()
+        img = G(torch.randn(2, 32), None, noise_mode=noise_mode, fp16_on_cpu=True, fused_modconv=fused)
+        assert img.dtype == torch.float32 and torch.isfinite(img).all()
+        assert seen and all(name.startswith(('b4.', 'b8.', 'b16.')) for name in seen)
+        for name, dtype in seen.items():
+            assert dtype == (torch.float32 if name.startswith('b4.') else torch.float16), (name, dtype)
+    # force_fp32 wins over fp16_on_cpu, and without the flag the CPU computes in float32.
+    for kwargs in (dict(fp16_on_cpu=True, force_fp32=True), {}):
+        seen.clear()
+        G(torch.randn(2, 32), None, **kwargs)
+        assert set(seen.values()) == {torch.float32}
+
+
+def test_fp16_discriminator_blocks_with_fp16_on_cpu():
+    torch.manual_seed(13)
+    D = tiny_D(architecture='skip', num_fp16_res=2, conv_clamp=256)
+    seen = _record_output_dtypes(D)
+    img = torch.randn(4, 3, 16, 16)
+    logits = D(img, None, fp16_on_cpu=True)
+    assert logits.dtype == torch.float32
+    for name, dtype in seen.items():
+        assert dtype == (torch.float16 if name.startswith(('b16.', 'b8.')) else torch.float32), (name, dtype)
+    # float16 computation is close to the float32 one (same weights, rounding only).
+    ref = D(img, None)
+    assert (logits - ref).abs().max() <= 2e-2 * ref.abs().max()
+
+
+def test_fused_noise_add_keeps_float16():
+    x = torch.randn(2, 4, 6, 6).half()
+    noise = torch.randn(2, 1, 6, 6)             # noise is float32 in every mode
+    out = networks.modulated_conv2d(x, torch.randn(5, 4, 3, 3), torch.randn(2, 4), noise=noise, padding=1,
+                                    fused_modconv=True)
+    assert out.dtype == torch.float16
+
+
+def test_fp16_modulated_conv_matches_float32():
+    torch.manual_seed(14)
+    x, weight, styles, noise = torch.randn(2, 4, 6, 6), torch.randn(5, 4, 3, 3), torch.randn(2, 4) * 3, torch.randn(2, 1, 6, 6)
+    ref = networks.modulated_conv2d(x, weight, styles, noise=noise, padding=1)
+    for fused in (True, False):
+        out = networks.modulated_conv2d(x.half(), weight, styles, noise=noise, padding=1, fused_modconv=fused)
+        assert out.dtype == torch.float16
+        assert (out.float() - ref).abs().max() <= 5e-3 * ref.abs().max()
+
+
+def test_fused_modconv_default_rule(monkeypatch):
+    """Training: batched (unfused); eval: fused for float32 blocks or a batch of one."""
+    calls = []
+    real = networks.modulated_conv2d
+    monkeypatch.setattr(networks, 'modulated_conv2d',
+                        lambda x, *a, **k: (calls.append((x.dtype, k['fused_modconv'])), real(x, *a, **k))[1])
+    G = tiny_G(num_fp16_res=2)
+    z = torch.randn(2, 32)
+
+    def fused_flags(**kwargs):
+        calls.clear()
+        G(**dict(dict(z=z, c=None), **kwargs))
+        return calls
+    G.train()
+    assert {f for _, f in fused_flags()} == {False}
+    G.eval()
+    assert {f for _, f in fused_flags()} == {True}                         # CPU: float32 everywhere
+    flags = fused_flags(fp16_on_cpu=True)
+    assert {f for d, f in flags if d == torch.float16} == {False}        # float16 blocks, batch 2
+    assert {f for d, f in flags if d == torch.float32} == {True}
+    assert {f for _, f in fused_flags(z=z[:1], fp16_on_cpu=True)} == {True}
+    assert {f for _, f in fused_flags(fused_modconv=False)} == {False}   # an explicit value wins
+
+
+def test_channels_last_fp16_matches_contiguous():
+    torch.manual_seed(15)
+    G = tiny_G(num_fp16_res=2, fp16_channels_last=True).eval()
+    G_plain = tiny_G(num_fp16_res=2).eval()
+    G_plain.load_state_dict(G.state_dict())
+    assert G.synthesis.b16.channels_last and not G.synthesis.b4.channels_last
+    z = torch.randn(2, 32)
+    a = G(z, None, noise_mode='const', fp16_on_cpu=True)
+    b = G_plain(z, None, noise_mode='const', fp16_on_cpu=True)
+    assert (a - b).abs().max() <= 1e-2 * b.abs().max()
+
+# ---------------------------------------------------------------------------------------------
+# Gradients.
+
+
+def test_fused_modulated_conv_double_backward():
+    """Eval-mode (fused) synthesis, noise added in place: first and second order gradients flow."""
+    torch.manual_seed(16)
+    G = tiny_G().eval()
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    ws = G.mapping(torch.randn(2, 32), None).requires_grad_(True)
+    img = G.synthesis(ws, noise_mode='const', fused_modconv=True)
+    (grad,) = torch.autograd.grad((img * torch.randn_like(img)).sum(), ws, create_graph=True)
+    grad.square().sum().backward()
+    # Everything that shapes d(img)/d(ws) gets a gradient (the ToRGB biases only shift the image).
+    for name, p in G.synthesis.named_parameters():
+        if not name.endswith('torgb.bias'):
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0, name
+
+# ---------------------------------------------------------------------------------------------
+# training/loss.py: phases, the discriminator hook, statistics (numbers: tests/test_parity.py).
+
+
+class _RecordingAugment(torch.nn.Module):
+    """Flips images left-right and remembers what it returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.outputs = []
+
+    def forward(self, img):
+        out = img.flip(3) * 0.5
+        self.outputs.append(out)
+        return out
+
+
+class _HookedD(torch.nn.Module):
+    def __init__(self, D):
+        super().__init__()
+        self.inner = D
+        self.scored = []
+        self.aux_calls = []
+        self.aux_scale = torch.nn.Parameter(torch.ones([]))
+
+    def forward(self, img, c):
+        self.scored.append(img)
+        return self.inner(img, c)
+
+    def aux_loss(self, img, c, real):
+        self.aux_calls.append((img, real))
+        return self.aux_scale * img.detach().mean(dim=[1, 2, 3]) * (1 if real else -1)
+
+
+def _loss_setup(**kwargs):
+    torch.manual_seed(17)
+    G, D = tiny_G().train().requires_grad_(False), _HookedD(tiny_D()).train().requires_grad_(False)
+    pipe = _RecordingAugment()
+    loss = loss_module.StyleGAN2Loss(torch.device('cpu'), G.mapping, G.synthesis, D, augment_pipe=pipe, **kwargs)
+    data = dict(real_img=torch.randn(4, 3, 16, 16), real_c=torch.zeros(4, 0), gen_z=torch.randn(4, 32),
+                gen_c=torch.zeros(4, 0))
+    return G, D, pipe, loss, data
+
+
+def test_loss_rejects_unknown_phase():
+    _, _, _, loss, data = _loss_setup()
+    with pytest.raises(ValueError, match="unknown loss phase 'Dboth2'"):
+        loss.accumulate_gradients(phase='Dboth2', gain=1, **data)
+
+
+def test_aux_loss_hook_sees_exactly_the_scored_images(monkeypatch):
+    G, D, pipe, loss, data = _loss_setup()
+    reported = {}
+    monkeypatch.setattr(loss_module.training_stats, 'report', lambda name, value: reported.setdefault(name, value))
+    D.requires_grad_(True)
+    loss.accumulate_gradients(phase='Dmain', gain=1, **data)
+    assert len(D.scored) == 2 and len(D.aux_calls) == 2
+    assert all(scored is augmented for scored, augmented in zip(D.scored, pipe.outputs))
+    assert {'Loss/D/aux_fake', 'Loss/D/aux_real', 'Loss/D/loss'} <= set(reported)
+    assert D.aux_calls[0][0] is D.scored[0] and D.aux_calls[0][1] is False      # fakes first
+    assert D.aux_calls[1][0] is D.scored[1] and D.aux_calls[1][1] is True
+    # The hook's loss is part of the backward: its parameter receives mean(real) - mean(fake).
+    expected = D.scored[1].mean() - D.scored[0].detach().mean()
+    assert torch.allclose(D.aux_scale.grad, expected, atol=1e-6)
+    # Neither the generator phase nor the R1 phase asks for it.
+    D.aux_calls.clear()
+    loss.accumulate_gradients(phase='Dreg', gain=16, **data)
+    D.requires_grad_(False)
+    G.requires_grad_(True)
+    loss.accumulate_gradients(phase='Gmain', gain=1, **data)
+    assert D.aux_calls == []
+
+
+def test_sync_has_no_effect_and_both_phases_sum_main_and_reg():
+    grads = []
+    for phase_list, sync in ((['Dmain', 'Dreg'], True), (['Dboth'], False)):
+        G, D, _, loss, data = _loss_setup(r1_gamma=3.0)
+        D.requires_grad_(True)
+        torch.manual_seed(5)
+        for phase in phase_list:
+            loss.accumulate_gradients(phase=phase, gain=1, sync=sync, **data)
+        grads.append({n: p.grad.clone() for n, p in D.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7)
+
+
+def test_path_length_updates_pl_mean_from_the_mean_length():
+    G, D, _, loss, data = _loss_setup(style_mixing_prob=0)
+    G.requires_grad_(True)
+    torch.manual_seed(6)
+    loss.accumulate_gradients(phase='Greg', gain=4, **data)
+    # Independent recomputation: same seed, same draws (noise per layer, then the direction).
+    torch.manual_seed(6)
+    ws = G.mapping(data['gen_z'][:2], None)
+    img = G.synthesis(ws)
+    direction = torch.randn_like(img) / 16
+    (g,) = torch.autograd.grad((img * direction).sum(), ws)
+    lengths = g.square().sum(2).mean(1).sqrt()
+    assert torch.allclose(loss.pl_mean, 0.01 * lengths.mean(), rtol=1e-5)

@@ -1,35 +1,44 @@
-"""StyleGAN2 loss: non-saturating logistic, lazy R1 and path-length regularisation, style mixing.
+"""StyleGAN2 loss: non-saturating logistic GAN loss, lazy R1 and path-length regularisation.
 
-`StyleGAN2Loss` takes upstream's constructor arguments (`loss_kwargs.class_name =
-'training.loss.StyleGAN2Loss'`, r1_gamma, pl_weight, ...) and upstream's defaults.
+Written from research/networks_spec.md section 5. The training loop calls
 
-Discriminator hook. A discriminator may define
+    loss.accumulate_gradients(phase=..., real_img=..., real_c=..., gen_z=..., gen_c=..., gain=...)
 
-    aux_loss(img, c, real: bool) -> Tensor [N] or None
+once per batch-GPU chunk and phase; the call back-propagates into whatever parameters require
+gradients (the loop enables the phase's network only). Phases: 'Gmain', 'Greg', 'Gboth' (the
+generator's loss, its path-length penalty, or both) and 'Dmain', 'Dreg', 'Dboth' (likewise with
+R1). `gain` is the phase's interval: lazy regularisation runs every k steps with its loss times k.
 
-The loss calls it in the D main phase on exactly the (augmented) images the discriminator scored,
-once for the fakes and once for the reals, and adds the result to the D loss. This is how a
-wrapper such as SSD-GAN's spectral classifier trains its own head without a special loss class;
-a discriminator without the method is trained exactly as upstream trains it.
+Terms, each with its own backward pass, in this order:
+    G main   softplus(-D(aug(G(z))))
+    G pl     pl_weight * (|J_w^T eps| - pl_mean)^2 on the first N / pl_batch_shrink latents
+    D fake   softplus(D(aug(G(z))))                    [+ D.aux_loss(aug(G(z)), c, real=False)]
+    D real   softplus(-D(aug(x))) + r1_gamma/2 |d D(aug(x)) / dx|^2
+                                                       [+ D.aux_loss(aug(x), c, real=True)]
+Random draws happen in a fixed order (style-mixing cutoff, its probability draw, the mixing z,
+per-layer synthesis noise, augmentation of fakes, then of reals), so a seeded call reproduces
+upstream's numbers. There is no DistributedDataParallel here: the loop all-reduces gradients
+itself after each phase, so `sync` is accepted and ignored.
+
+A discriminator may define `aux_loss(img, c, real) -> [N] or None` (the SSD-GAN classifier does);
+it is added to the D terms on exactly the images D scored.
 """
 
-import math
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stylefreq.upstream import d_aux_loss
 from training import training_stats
 
 PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
 
 
 class Loss:
-    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, gain):
+    """What the training loop needs from a loss."""
+
+    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, gain, sync=True):
         raise NotImplementedError
-
-
-def _unwrap(module):
-    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
 
 
 class StyleGAN2Loss(Loss):
@@ -46,98 +55,124 @@ class StyleGAN2Loss(Loss):
         self.pl_batch_shrink = pl_batch_shrink
         self.pl_decay = pl_decay
         self.pl_weight = pl_weight
+        # Running mean of the path lengths (the penalty's target); the loop saves it with a snapshot.
         self.pl_mean = torch.zeros([], device=device)
 
-    def run_G(self, z, c):
+    # -- forward passes -----------------------------------------------------------------------------
+
+    def _mixed_ws(self, z, c):
+        """Mapped ws; with style mixing, the layers from a random cutoff on come from a second z."""
         ws = self.G_mapping(z, c)
-        if self.style_mixing_prob > 0:
-            # With probability style_mixing_prob, the ws from a random cutoff onwards come from a second z.
-            cutoff = torch.empty([], dtype=torch.int64, device=ws.device).random_(1, ws.shape[1])
-            cutoff = torch.where(torch.rand([], device=ws.device) < self.style_mixing_prob, cutoff,
-                                 torch.full_like(cutoff, ws.shape[1]))
-            ws[:, cutoff:] = self.G_mapping(torch.randn_like(z), c, skip_w_avg_update=True)[:, cutoff:]
+        if self.style_mixing_prob <= 0:
+            return ws
+        num_ws = ws.shape[1]
+        # All three draws happen whether or not this batch mixes, which keeps the RNG stream fixed.
+        cutoff = torch.randint(1, num_ws, [], device=ws.device)
+        no_mixing = torch.rand([], device=ws.device) >= self.style_mixing_prob
+        cutoff = cutoff.masked_fill(no_mixing, num_ws)
+        second = self.G_mapping(torch.randn(z.shape, dtype=z.dtype, device=z.device), c, skip_w_avg_update=True)
+        from_second = torch.arange(num_ws, device=ws.device).reshape(1, num_ws, 1) >= cutoff
+        return torch.where(from_second, second, ws)
+
+    def run_G(self, z, c, sync=True):
+        """(images, ws) for latents z and labels c; updates w_avg when the mapping is in training mode."""
+        ws = self._mixed_ws(z, c)
         return self.G_synthesis(ws), ws
 
-    def run_D(self, img, c):
-        """Logits and the image the discriminator actually saw (after augmentation)."""
-        if self.augment_pipe is not None:
-            img = self.augment_pipe(img)
-        return self.D(img, c), img
+    def _augment_and_score(self, img, c):
+        seen = img if self.augment_pipe is None else self.augment_pipe(img)
+        return self.D(seen, c), seen
 
-    def _aux_loss(self, img, c, real):
-        hook = getattr(_unwrap(self.D), 'aux_loss', None)
-        if hook is None:
-            return None
-        return hook(img, c, real=real)
+    def run_D(self, img, c, sync=True):
+        """Logits [N, 1] of the (augmented) images."""
+        return self._augment_and_score(img, c)[0]
+
+    def _with_aux(self, loss, img, c, real):
+        """loss [N, 1] plus the discriminator's auxiliary loss on the images it scored, if any.
+
+        The auxiliary term is reported as Loss/D/aux_real or Loss/D/aux_fake (stylefreq's names;
+        upstream has no such hook).
+        """
+        aux = d_aux_loss(self.D, img, c, real)
+        if not isinstance(aux, torch.Tensor):
+            return loss
+        training_stats.report('Loss/D/aux_real' if real else 'Loss/D/aux_fake', aux)
+        return loss + aux.reshape(loss.shape)
+
+    # -- the phases ---------------------------------------------------------------------------------
 
     def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, gain, sync=True):
         if phase not in PHASES:
-            raise ValueError(f'unknown training phase {phase!r}; expected one of {", ".join(PHASES)}')
-        do_Gmain = phase in ('Gmain', 'Gboth')
-        do_Dmain = phase in ('Dmain', 'Dboth')
-        do_Gpl = phase in ('Greg', 'Gboth') and self.pl_weight != 0
-        do_Dr1 = phase in ('Dreg', 'Dboth') and self.r1_gamma != 0
+            raise ValueError(f'unknown loss phase {phase!r}; expected one of {", ".join(PHASES)}')
+        generator_main = phase in ('Gmain', 'Gboth')
+        path_length = phase in ('Greg', 'Gboth') and self.pl_weight != 0
+        discriminator_main = phase in ('Dmain', 'Dboth')
+        r1 = phase in ('Dreg', 'Dboth') and self.r1_gamma != 0
 
-        if do_Gmain:
-            gen_img, _ = self.run_G(gen_z, gen_c)
-            gen_logits, _ = self.run_D(gen_img, gen_c)
-            training_stats.report('Loss/scores/fake', gen_logits)
-            training_stats.report('Loss/signs/fake', gen_logits.sign())
-            loss_Gmain = F.softplus(-gen_logits)                    # -log(sigmoid(D(G(z))))
-            training_stats.report('Loss/G/loss', loss_Gmain)
-            loss_Gmain.mean().mul(gain).backward()
+        if generator_main:
+            self._generator_main(gen_z, gen_c, gain)
+        if path_length:
+            self._path_length(gen_z, gen_c, gain)
+        fake_loss = None
+        if discriminator_main:
+            fake_loss = self._discriminator_fake(gen_z, gen_c, gain)
+        if discriminator_main or r1:
+            self._discriminator_real(real_img, real_c, gain, fake_loss=fake_loss, r1=r1)
 
-        if do_Gpl:
-            n = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
-            gen_img, gen_ws = self.run_G(gen_z[:n], gen_c[:n])
-            pl_noise = torch.randn_like(gen_img) / math.sqrt(gen_img.shape[2] * gen_img.shape[3])
-            (pl_grads,) = torch.autograd.grad(outputs=[(gen_img * pl_noise).sum()], inputs=[gen_ws], create_graph=True)
-            pl_lengths = pl_grads.square().sum(2).mean(1).sqrt()
-            pl_mean = self.pl_mean.lerp(pl_lengths.mean(), self.pl_decay)
-            self.pl_mean.copy_(pl_mean.detach())
-            pl_penalty = (pl_lengths - pl_mean).square()
-            training_stats.report('Loss/pl_penalty', pl_penalty)
-            loss_Gpl = pl_penalty * self.pl_weight
-            training_stats.report('Loss/G/reg', loss_Gpl)
-            # The `* 0` term keeps every synthesis output in the graph (and thus every parameter).
-            (gen_img[:, 0, 0, 0] * 0 + loss_Gpl).mean().mul(gain).backward()
+    def _generator_main(self, gen_z, gen_c, gain):
+        fake, _ = self.run_G(gen_z, gen_c)
+        logits, _ = self._augment_and_score(fake, gen_c)
+        training_stats.report('Loss/scores/fake', logits)
+        training_stats.report('Loss/signs/fake', logits.sign())
+        loss = F.softplus(-logits)                       # non-saturating: -log sigmoid(D(G(z)))
+        training_stats.report('Loss/G/loss', loss)
+        (loss.mean() * gain).backward()
 
-        loss_Dgen = 0
-        if do_Dmain:
-            gen_img, _ = self.run_G(gen_z, gen_c)
-            gen_logits, seen = self.run_D(gen_img.detach(), gen_c)
-            training_stats.report('Loss/scores/fake', gen_logits)
-            training_stats.report('Loss/signs/fake', gen_logits.sign())
-            loss_Dgen = F.softplus(gen_logits)                      # -log(1 - sigmoid(D(G(z))))
-            total = loss_Dgen.mean()
-            aux = self._aux_loss(seen.detach(), gen_c, real=False)
-            if aux is not None:
-                training_stats.report('Loss/D/aux_fake', aux)
-                total = total + aux.mean()
-            total.mul(gain).backward()
+    def _path_length(self, gen_z, gen_c, gain):
+        count = gen_z.shape[0] // self.pl_batch_shrink
+        fake, ws = self.run_G(gen_z[:count], gen_c[:count])
+        # A random image-space direction of unit expected squared norm per pixel position.
+        direction = torch.randn_like(fake) / np.sqrt(fake.shape[2] * fake.shape[3])
+        (jvp,) = torch.autograd.grad(outputs=[(fake * direction).sum()], inputs=[ws], create_graph=True)
+        lengths = jvp.square().sum(dim=2).mean(dim=1).sqrt()
+        target = torch.lerp(self.pl_mean, lengths.mean(), self.pl_decay)
+        self.pl_mean.copy_(target.detach())
+        penalty = (lengths - target).square()           # the target stays in the graph (its 1 % share)
+        training_stats.report('Loss/pl_penalty', penalty)
+        reg = penalty * self.pl_weight
+        training_stats.report('Loss/G/reg', reg)
+        # 0 * pixel: a non-finite image makes the loss non-finite, as in upstream.
+        ((fake[:, 0, 0, 0] * 0 + reg).mean() * gain).backward()
 
-        if do_Dmain or do_Dr1:
-            real_img_tmp = real_img.detach().requires_grad_(do_Dr1)
-            real_logits, seen = self.run_D(real_img_tmp, real_c)
-            training_stats.report('Loss/scores/real', real_logits)
-            training_stats.report('Loss/signs/real', real_logits.sign())
+    def _discriminator_fake(self, gen_z, gen_c, gain):
+        fake, _ = self.run_G(gen_z, gen_c)
+        logits, seen = self._augment_and_score(fake, gen_c)
+        training_stats.report('Loss/scores/fake', logits)
+        training_stats.report('Loss/signs/fake', logits.sign())
+        loss = self._with_aux(F.softplus(logits), seen, gen_c, real=False)
+        (loss.mean() * gain).backward()
+        return loss.detach()
 
-            loss = real_logits.sum() * 0   # keeps every D output in the graph
-            if do_Dmain:
-                loss_Dreal = F.softplus(-real_logits)               # -log(sigmoid(D(x)))
-                training_stats.report('Loss/D/loss', loss_Dgen + loss_Dreal)
-                loss = loss + loss_Dreal.mean()
-                aux = self._aux_loss(seen.detach(), real_c, real=True)
-                if aux is not None:
-                    training_stats.report('Loss/D/aux_real', aux)
-                    loss = loss + aux.mean()
-            if do_Dr1:
-                # Gradient w.r.t. the images before augmentation: R1 then needs double backward
-                # through the augment pipe's resampling (stylefreq.ops.grid_sample supports it).
-                (r1_grads,) = torch.autograd.grad(outputs=[real_logits.sum()], inputs=[real_img_tmp], create_graph=True)
-                r1_penalty = r1_grads.square().sum([1, 2, 3])
-                loss_Dr1 = r1_penalty * (self.r1_gamma / 2)
-                training_stats.report('Loss/r1_penalty', r1_penalty)
-                training_stats.report('Loss/D/reg', loss_Dr1)
-                loss = loss + loss_Dr1.mean()
-            loss.mul(gain).backward()
+    def _discriminator_real(self, real_img, real_c, gain, fake_loss, r1):
+        """The real-image term (when fake_loss is given: the D main phase) and/or R1, one backward."""
+        # R1 differentiates w.r.t. the reals before augmentation (through the augment pipe).
+        reals = real_img.detach().requires_grad_(r1)
+        logits, seen = self._augment_and_score(reals, real_c)
+        training_stats.report('Loss/scores/real', logits)
+        training_stats.report('Loss/signs/real', logits.sign())
+
+        total = logits * 0                               # keeps a non-finite logit visible, as upstream
+        if fake_loss is not None:
+            loss = self._with_aux(F.softplus(-logits), seen, real_c, real=True)
+            training_stats.report('Loss/D/loss', fake_loss + loss)
+            total = total + loss
+        if r1:
+            (grad,) = torch.autograd.grad(outputs=[logits.sum()], inputs=[reals], create_graph=True)
+            penalty = grad.square().sum(dim=[1, 2, 3])
+            training_stats.report('Loss/r1_penalty', penalty)
+            reg = penalty * (self.r1_gamma / 2)
+            training_stats.report('Loss/D/reg', reg)
+            # [N, 1] like the logits, so the mean is mean(loss) + mean(reg) (upstream broadcasts
+            # [N, 1] + [N] to [N, N], which has the same mean).
+            total = total + reg.unsqueeze(1)
+        (total.mean() * gain).backward()
