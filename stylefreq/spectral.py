@@ -150,7 +150,7 @@ class RadialBins:
         self.device = torch.device('cpu') if device is None else torch.device(device)
         self.index = torch.from_numpy(index).to(self.device)
         self.counts = torch.from_numpy(counts.astype(np.float32)).to(self.device)
-        self.frequencies = (torch.arange(self.num_bins, dtype=torch.float32) / max(height, width)).to(self.device)
+        self.frequencies = (torch.arange(self.num_bins, dtype=torch.float32, device="cpu") / max(height, width)).to(self.device)
 
     def __repr__(self):
         return f'RadialBins({self.height}x{self.width}, {self.num_bins} bins, device={self.device})'

@@ -44,8 +44,11 @@ def native_double_backward_works() -> bool:
     global _native_ok
     if _native_ok is None:
         try:
-            x = torch.randn(1, 1, 3, 3, dtype=torch.float64, requires_grad=True)
-            g = (torch.rand(1, 2, 2, 2, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+            # A private generator: the first call happens inside AugmentPipe, between its random
+            # draws, and must not move the global RNG (that would change the augmentations).
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(1, 1, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+            g = (torch.rand(1, 2, 2, 2, dtype=torch.float64, generator=gen) * 2 - 1).requires_grad_(True)
             y = F.grid_sample(x, g, mode='bilinear', padding_mode='zeros', align_corners=False)
             (dx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
             dx.square().sum().backward()
