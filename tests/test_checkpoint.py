@@ -356,6 +356,44 @@ def test_upstream_none_entries_are_skipped(upstream, allow_tests):
     assert_same_tensors(data['G'], ref)
 
 
+def test_patched_checkout_snapshot_wrappers_by_reference(tmp_path, upstream):
+    """What a patched upstream checkout writes: stylefreq's wrapper pickled by reference (its class
+    named as a global, its __dict__ as state), holding upstream persistent networks inside."""
+    from stylefreq.ssd import SSDDiscriminator
+    torch.manual_seed(0)
+    D = SSDDiscriminator(spatial_kwargs=dict(class_name='training.networks.Discriminator', channel_base=256,
+                                             channel_max=16, epilogue_kwargs=dict(mbstd_group_size=2)),
+                         c_dim=0, img_resolution=16, img_channels=3, ssd_lambda=0.6).eval()
+    with torch.no_grad():
+        D.classifier.weight.add_(0.5)
+
+    class CheckoutPickler(pickle.Pickler):
+        def reducer_override(self, obj):
+            if type(obj).__module__ == 'training.networks':
+                return upstream.record(obj).__reduce__()
+            return NotImplemented
+
+    buf = io.BytesIO()
+    saved = {name: sys.modules.get(name) for name in upstream.modules}
+    sys.modules.update(upstream.modules)
+    try:
+        CheckoutPickler(buf, protocol=4).dump(dict(G=None, D=D, G_ema=None, augment_pipe=None))
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                del sys.modules[name]
+            else:
+                sys.modules[name] = old
+    raw = buf.getvalue()
+    assert b'stylefreq.ssd\nSSDDiscriminator' in raw or b'SSDDiscriminator' in raw
+    loaded = load_network_pkl(write(tmp_path / 'patched.pkl', raw))['D']
+    assert type(loaded) is SSDDiscriminator and loaded.ssd_lambda == 0.6
+    assert_same_tensors(loaded, D)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(loaded(x, None), D(x, None))
+    assert not upstream.marker.exists()
+
+
 def test_tensorflow_pickle_is_refused_clearly(tmp_path):
     raw = b'(cdnnlib.tflib.network\nNetwork\n)\x81}b' * 3 + b't.'
     path = write(tmp_path / 'karras2019.pkl', raw)

@@ -385,6 +385,32 @@ def test_upstream_training_runs_on_cpu_with_ssd_and_freq_shift(trained):
     assert all(np.isfinite(v) for v in metric[-1]['results'].values())
 
 
+@needs_upstream
+def test_patched_checkout_snapshot_loads_in_stylefreq_without_its_code(trained, tmp_path):
+    """A snapshot written inside a patched checkout pickles stylefreq's wrappers by reference around
+    upstream networks that carry their module_src: stylefreq loads it, runs none of that source, and
+    the rebuilt networks produce images and logits."""
+    run_dir, _ = trained
+    pkl = os.path.join(run_dir, 'network-snapshot-000001.pkl')
+    with open(pkl, 'rb') as f:
+        raw = f.read()
+    assert b'stylefreq.freqshift' in raw and b'_reconstruct_persistent_obj' in raw and b'module_src' in raw
+    before = set(sys.modules)
+    data = checkpoint.load_network_pkl(pkl, verbose=False)
+    assert not any(m.split('.')[0] in ('torch_utils', 'dnnlib') or m.startswith('_imported_module_')
+                   for m in set(sys.modules) - before)
+    G, D = data['G_ema'], data['D']
+    assert type(G).__name__ == 'FrequencyShiftedGenerator' and type(D).__name__ == 'SSDDiscriminator'
+    assert type(G.mapping).__module__ == 'training.networks' and D.ssd_lambda == 0.6
+    img = G(torch.randn(2, G.z_dim), None, noise_mode='const')
+    assert img.shape == (2, 3, 16, 16) and torch.isfinite(img).all()
+    assert torch.isfinite(D(img, None)).all()
+    res = subprocess.run([sys.executable, 'generate.py', f'--network={pkl}', '--seeds=0-1', f'--outdir={tmp_path}'],
+                         capture_output=True, text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(os.listdir(tmp_path)) == ['seed0000.png', 'seed0001.png']
+
+
 _MAKE_PLAIN_UPSTREAM_PKL = textwrap.dedent('''
     import copy, pickle, sys, torch
     from training import networks
