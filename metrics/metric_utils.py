@@ -13,10 +13,10 @@ its latents, labels and noise from seeds derived from (opts.seed, stream name, g
 `torch.random.fork_rng`, so neither the rank layout nor the caller's RNG state changes them, and
 evaluating a metric never disturbs the training loop's random streams.
 
-Real-image statistics are cached as `<cache>/gan-metrics/<dataset name>-<detector>-<md5>.pkl`,
-the md5 taken over everything that determines them. The file is a pickle made only of builtins
-(dict, list, str, int, float, bool, None, bytes; arrays are stored as dtype/shape/bytes triples)
-and is read with an unpickler that refuses every global, so reading it never runs code.
+Real-image statistics are cached as `<cache>/gan-metrics/<dataset name>-<detector>-<md5>.npz`,
+the md5 taken over everything that determines them: an uncompressed .npz of a JSON header and
+arrays, read without pickle and validated (sizes from the zip directory first, then dtypes, shapes,
+finiteness); anything off is recomputed and replaced.
 """
 
 from __future__ import annotations
@@ -25,17 +25,15 @@ import copy
 import hashlib
 import json
 import os
-import pickle
 import sys
-import tempfile
 import time
-import zlib
+import zipfile
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from stylefreq import checkpoint, download
+from stylefreq import checkpoint, download, files
 from stylefreq.kwargs import EasyDict, construct_class_by_name
 
 # ------------------------------------------------------------------------------------------------
@@ -317,16 +315,6 @@ class FeatureStats:
         cov = self.raw_cov / self.num_items - np.outer(mean, mean)
         return mean, cov
 
-    # Serialisation with builtins only (see the module docstring).
-    def state(self) -> dict:
-        s = dict(capture_all=self.capture_all, capture_mean_cov=self.capture_mean_cov,
-                 capture_mean=self.capture_mean, max_items=self.max_items, num_items=self.num_items,
-                 num_features=self.num_features)
-        s['all_features'] = _array_state(self.get_all()) if self.capture_all and self.num_features is not None else None
-        s['raw_mean'] = _array_state(self.raw_mean)
-        s['raw_cov'] = _array_state(self.raw_cov)
-        return s
-
     def save(self, path):
         """Write these statistics to `path` (the cache format; see `save_stats_file`)."""
         save_stats_file(path, {'stats': self})
@@ -339,73 +327,108 @@ class FeatureStats:
             raise MetricError(f'{path} is not a statistics file written by FeatureStats.save')
         return stats['stats']
 
-    @classmethod
-    def from_state(cls, s: dict):
-        obj = cls(capture_all=bool(s['capture_all']), capture_mean_cov=bool(s['capture_mean_cov']),
-                  max_items=s['max_items'], capture_mean=bool(s['capture_mean']))
-        obj.num_items = int(s['num_items'])
-        obj.num_features = s['num_features']
-        feats = _array_from_state(s['all_features'])
-        obj.all_features = [] if feats is None else [feats]
-        obj.raw_mean = _array_from_state(s['raw_mean'])
-        obj.raw_cov = _array_from_state(s['raw_cov'])
-        return obj
-
-
-_ALLOWED_DTYPES = {'float32', 'float64', 'int64', 'bool'}
-
-
-def _array_state(a):
-    if a is None:
-        return None
-    a = np.ascontiguousarray(a)
-    return [str(a.dtype), list(a.shape), zlib.compress(a.tobytes(), 1)]
-
-
-def _array_from_state(s):
-    if s is None:
-        return None
-    dtype, shape, data = s
-    if dtype not in _ALLOWED_DTYPES or not all(isinstance(v, int) and v >= 0 for v in shape):
-        raise pickle.UnpicklingError(f'malformed array record ({dtype}, {shape})')
-    return np.frombuffer(zlib.decompress(data), dtype=np.dtype(dtype)).reshape(shape).copy()
-
-
-class _BuiltinsOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f'refusing global {module}.{name} in a statistics cache file')
-
-
-STATS_FORMAT = 'stylefreq-metric-stats-1'
+STATS_FORMAT = 'stylefreq-metric-stats-2'
+MAX_STATS_FEATURES = 1 << 16          # detector features per row (Inception: 2048, spectra: a few thousand)
+MAX_STATS_BYTES = 16 << 30            # any one array in a statistics file
+_STAT_FIELDS = ('capture_all', 'capture_mean_cov', 'capture_mean', 'max_items', 'num_items', 'num_features')
 
 
 def save_stats_file(path, stats: dict):
-    """Write {name: FeatureStats} atomically (temp file + rename)."""
-    payload = dict(format=STATS_FORMAT, stats={k: v.state() for k, v in stats.items()})
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-', suffix='.pkl')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            pickle.dump(payload, f, protocol=4)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write {name: FeatureStats} atomically as an uncompressed .npz: a JSON header plus arrays."""
+    header, arrays = {}, {}
+    for name, st in stats.items():
+        header[name] = {k: getattr(st, k) for k in _STAT_FIELDS}
+        if st.capture_all and st.num_features is not None:
+            arrays[f'{name}.all_features'] = st.get_all()
+        if st.raw_mean is not None:
+            arrays[f'{name}.raw_mean'] = st.raw_mean
+        if st.raw_cov is not None:
+            arrays[f'{name}.raw_cov'] = st.raw_cov
+    arrays['header'] = np.array(json.dumps(dict(format=STATS_FORMAT, stats=header)))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with files.atomic_write(path, 'wb') as f:
+        np.savez(f, **arrays)
+
+
+def _is_count(v, allow_none=False):
+    return (v is None and allow_none) or (type(v) is int and 0 <= v)
+
+
+def _checked_array(npz, key, shape, dtype):
+    a = npz[key]
+    if a.dtype != dtype or list(a.shape) != list(shape) or not np.isfinite(a).all():
+        raise ValueError(f'{key}: expected finite {np.dtype(dtype).name} {list(shape)}, got {a.dtype} {list(a.shape)}')
+    return a
+
+
+def _stats_from(npz, name, fields):
+    if not isinstance(fields, dict) or set(fields) != set(_STAT_FIELDS):
+        raise ValueError(f'{name}: malformed header')
+    flags = [fields[k] for k in ('capture_all', 'capture_mean_cov', 'capture_mean')]
+    if not all(type(f) is bool for f in flags) or not _is_count(fields['max_items'], allow_none=True) \
+            or not _is_count(fields['num_items']) or not _is_count(fields['num_features'], allow_none=True):
+        raise ValueError(f'{name}: malformed header')
+    st = FeatureStats(capture_all=fields['capture_all'], capture_mean_cov=fields['capture_mean_cov'],
+                      max_items=fields['max_items'], capture_mean=fields['capture_mean'])
+    n, F = fields['num_items'], fields['num_features']
+    if st.max_items is not None and n > st.max_items:
+        raise ValueError(f'{name}: {n} items but at most {st.max_items}')
+    expected = set()
+    if F is None:
+        if n:
+            raise ValueError(f'{name}: items without features')
+    else:
+        if not 1 <= F <= MAX_STATS_FEATURES:
+            raise ValueError(f'{name}: {F} features')
+        st.num_items, st.num_features, st.all_features = n, F, []
+        if st.capture_all:
+            expected.add(f'{name}.all_features')
+            st.all_features = [_checked_array(npz, f'{name}.all_features', [n, F], np.float32)]
+        if st.capture_mean:
+            expected.add(f'{name}.raw_mean')
+            st.raw_mean = _checked_array(npz, f'{name}.raw_mean', [F], np.float64)
+        if st.capture_mean_cov:
+            expected.add(f'{name}.raw_cov')
+            st.raw_cov = _checked_array(npz, f'{name}.raw_cov', [F, F], np.float64)
+    return st, expected
 
 
 def load_stats_file(path) -> dict | None:
-    """{name: FeatureStats} from `path`, or None when the file is not a readable cache entry."""
+    """{name: FeatureStats} from `path`, or None when the file is not a valid statistics file of
+    this format (the caller then recomputes and replaces it). Nothing is unpickled; every member's
+    size is checked in the zip directory before it is read, compressed members are refused (no
+    decompression bombs), and every array's dtype, shape and finiteness is checked."""
     try:
-        with open(path, 'rb') as f:
-            payload = _BuiltinsOnlyUnpickler(f).load()
-        if not isinstance(payload, dict) or payload.get('format') != STATS_FORMAT:
-            return None
-        return {k: FeatureStats.from_state(v) for k, v in payload['stats'].items()}
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, zlib.error):
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > 1024 or any(i.compress_type != zipfile.ZIP_STORED or i.file_size > MAX_STATS_BYTES
+                                        or i.file_size > size for i in infos):
+                return None
+        with np.load(path, allow_pickle=False) as npz:
+            if 'header' not in npz.files or npz['header'].nbytes > (1 << 20):
+                return None
+            header = json.loads(str(npz['header']))
+            if not isinstance(header, dict) or header.get('format') != STATS_FORMAT \
+                    or not isinstance(header.get('stats'), dict):
+                return None
+            out, expected = {}, {'header'}
+            for name, fields in header['stats'].items():
+                out[name], keys = _stats_from(npz, str(name), fields)
+                expected |= keys
+            if set(npz.files) != expected:
+                return None
+            return out
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
         return None
+
+
+def _same_kind(loaded: dict, fresh: dict) -> bool:
+    """Loaded statistics answer the same question as freshly made ones (names, capture flags, limits)."""
+    if set(loaded) != set(fresh):
+        return False
+    return all(getattr(loaded[k], f) == getattr(fresh[k], f)
+               for k in fresh for f in ('capture_all', 'capture_mean_cov', 'capture_mean', 'max_items'))
 
 
 def stats_cache_path(opts, dataset_name, detector, key: dict) -> str:
@@ -413,7 +436,7 @@ def stats_cache_path(opts, dataset_name, detector, key: dict) -> str:
     desc = json.dumps(dict(format=STATS_FORMAT, dataset_kwargs=opts.dataset_kwargs, **key), sort_keys=True,
                       default=repr)
     md5 = hashlib.md5(desc.encode('utf-8')).hexdigest()
-    return download.make_cache_dir_path('gan-metrics', f'{dataset_name}-{detector}-{md5}.pkl')
+    return download.make_cache_dir_path('gan-metrics', f'{dataset_name}-{detector}-{md5}.npz')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -565,7 +588,7 @@ def cached_dataset_stats(opts, stream, process, make_stats, detector, key: dict,
         stats = None
         if opts.rank == 0 and os.path.isfile(path):
             stats = load_stats_file(path)       # None when unreadable: recomputed and rewritten below
-            if stats is not None and set(stats) != set(make_stats()):
+            if stats is not None and not _same_kind(stats, make_stats()):
                 stats = None
         if broadcast_flag(opts, stats is not None):
             if stats is None:

@@ -271,7 +271,7 @@ def test_real_statistics_cache(image_sets, detector, cache_dir, monkeypatch, cap
     assert calls == ['dataset features', 'generator features']
     out = capsys.readouterr().out
     assert f'dataset features     {NUM_IMAGES}/{NUM_IMAGES} items' in out           # the progress line
-    files = list((cache_dir / 'gan-metrics').glob('real-tinydet-*.pkl'))
+    files = list((cache_dir / 'gan-metrics').glob('real-tinydet-*.npz'))
     assert len(files) == 1
 
     calls.clear()
@@ -279,14 +279,13 @@ def test_real_statistics_cache(image_sets, detector, cache_dir, monkeypatch, cap
     assert calls == ['generator features']                                   # reals from the cache
     # Other options (xflip on, legacy fid50k keeps it) are another cache entry.
     calc('fid50k', real.path, blurred.path, detector)
-    assert len(list((cache_dir / 'gan-metrics').glob('real-tinydet-*.pkl'))) == 2
+    assert len(list((cache_dir / 'gan-metrics').glob('real-tinydet-*.npz'))) == 2
     # cache=False neither reads nor writes.
     calls.clear()
     calc('fid50k_full', real.path, blurred.path, detector, cache=False)
     assert calls == ['dataset features', 'generator features']
 
-    # A cache file is loaded without running code: one that references a global is ignored
-    # (recomputed and overwritten), never unpickled with it.
+    # A cache file is never unpickled: a pickle in its place is ignored (recomputed and overwritten).
     class Evil:
         def __reduce__(self):
             return (os.system, ('touch ' + str(cache_dir / 'pwned'),))
