@@ -12,6 +12,7 @@ import dataclasses
 import io
 import os
 import pickle
+import warnings
 
 import torch
 
@@ -170,9 +171,11 @@ def build(directory, marker) -> dict:
     loop = []
     loop.append(loop)
     put('self_containing', dict(G=None, loop=loop), 'reference cycle')
-    storage = torch.zeros(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')                 # TypedStorage deprecation
+        storage = torch.zeros(1).storage()
     put('stride0_tensor', dict(G=None, t=Reduced(torch._utils._rebuild_tensor_v2,
-                                                 (storage.storage(), 0, (100000, 100000), (0, 0), False,
+                                                 (storage, 0, (100000, 100000), (0, 0), False,
                                                   collections.OrderedDict()))),
         'more elements than its storage')
     put('storage_size_lie', dict(G=None, s=Named('torch.storage', '_load_from_bytes',
