@@ -206,6 +206,18 @@ def _construct(cls, spec: Spec, device):
         return cls(*spec.init_args, **spec.init_kwargs)
 
 
+def _assign(module, state):
+    """Put the state's tensors in place of the module's (meta) parameters and buffers, by name."""
+    for prefix, m in module.named_modules():
+        prefix = prefix + '.' if prefix else ''
+        for name, p in m._parameters.items():
+            if p is not None:
+                m._parameters[name] = torch.nn.Parameter(state[prefix + name], requires_grad=False)
+        for name, b in m._buffers.items():
+            if b is not None:
+                m._buffers[name] = state[prefix + name]
+
+
 def _leftover_meta_tensors(module) -> bool:
     for m in module.modules():
         for t in list(m._parameters.values()) + list(m._buffers.values()) + list(vars(m).values()):
@@ -243,12 +255,8 @@ def build(spec: Spec, used_storages: set | None = None) -> torch.nn.Module:
             src = src.clone()
         used_storages.add(key)
         state[name] = src
-    try:
-        module.load_state_dict(state, strict=True, assign=True)
-        complete = not _leftover_meta_tensors(module)
-    except (RuntimeError, KeyError):
-        complete = False
-    if not complete:                       # keeps tensors the state dict does not cover: build for real
+    _assign(module, state)
+    if _leftover_meta_tensors(module):                       # keeps tensors the state dict does not cover: build for real
         module = _construct(cls, spec, 'cpu')
         with torch.no_grad():
             for name, dst in _named_tensors(module).items():

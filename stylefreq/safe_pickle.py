@@ -208,6 +208,10 @@ _CONTAINER_CLASSES = {'torch.nn.modules.container.ModuleList', 'torch.nn.modules
 _LEGACY_STORAGES = {'FloatStorage': 4, 'DoubleStorage': 8, 'HalfStorage': 2, 'BFloat16Storage': 2,
                     'LongStorage': 8, 'IntStorage': 4, 'ShortStorage': 2, 'CharStorage': 1,
                     'ByteStorage': 1, 'BoolStorage': 1}
+_LEGACY_DTYPES = {'FloatStorage': torch.float32, 'DoubleStorage': torch.float64, 'HalfStorage': torch.float16,
+                  'BFloat16Storage': torch.bfloat16, 'LongStorage': torch.int64, 'IntStorage': torch.int32,
+                  'ShortStorage': torch.int16, 'CharStorage': torch.int8, 'ByteStorage': torch.uint8,
+                  'BoolStorage': torch.bool}
 
 
 def _numpy_attr(module_path, name):
@@ -244,7 +248,7 @@ def _check_hooks(hooks, source):
 
 
 class _LegacyHeaderReader(pickle.Unpickler):
-    """Reads what a legacy torch.save payload declares (storage classes and sizes), nothing else."""
+    """Reads the small pickles of a legacy torch.save payload: plain data and storage classes only."""
 
     def __init__(self, file, source):
         super().__init__(file)
@@ -259,28 +263,47 @@ class _LegacyHeaderReader(pickle.Unpickler):
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == 'storage'):
             raise UnsafePickleError(f'{self.source}: malformed tensor storage payload')
-        storage_type, numel = pid[1], pid[4]
+        storage_type, key, numel = pid[1], pid[2], pid[4]
         if storage_type not in _LEGACY_STORAGES or not isinstance(numel, int) or numel < 0:
             raise UnsafePickleError(f'{self.source}: malformed tensor storage payload')
-        self.declared.append(numel * _LEGACY_STORAGES[storage_type])
+        self.declared.append((storage_type, key, numel))
         return None
 
 
-def _check_storage_payload(b, source):
-    """The legacy torch.save payload `b` may only declare as many bytes as it carries."""
+def storage_from_payload(b, source):
+    """The storage of a legacy `torch.save(storage)` payload (what pickled tensors carry), built as a
+    view of `b` without a second copy, after checking that the payload holds what it declares."""
     f = io.BytesIO(b)
     try:
         for _ in range(3):                          # magic number, protocol version, system info
-            _LegacyHeaderReader(f, source).load()
+            info = _LegacyHeaderReader(f, source).load()
         reader = _LegacyHeaderReader(f, source)
         reader.load()
+        keys = _LegacyHeaderReader(f, source).load()
     except UnsafePickleError:
         raise
     except Exception:
         raise UnsafePickleError(f'{source}: malformed tensor storage payload') from None
-    if sum(reader.declared) > len(b):
-        raise UnsafePickleError(f'{source}: a tensor storage declares {sum(reader.declared)} bytes but its '
-                                f'payload holds {len(b)}')
+    if len(reader.declared) != 1 or keys != [reader.declared[0][1]] or not isinstance(info, dict) \
+            or info.get('little_endian') is not True:
+        raise UnsafePickleError(f'{source}: unsupported tensor storage payload')
+    storage_type, _, numel = reader.declared[0]
+    itemsize = _LEGACY_STORAGES[storage_type]
+    start = f.tell() + 8
+    if start + numel * itemsize > len(b):
+        raise UnsafePickleError(f'{source}: a tensor storage declares {numel * itemsize} bytes but its payload '
+                                f'holds {max(len(b) - start, 0)}')
+    if int.from_bytes(b[start - 8:start], 'little') != numel:
+        raise UnsafePickleError(f'{source}: malformed tensor storage payload (element count)')
+    dtype = _LEGACY_DTYPES[storage_type]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')     # frombuffer on bytes warns that they are read-only: this
+        # payload is private to the unpickler, so the tensor may own (and write) that memory.
+        if numel == 0:
+            data = torch.empty(0, dtype=dtype)
+        else:
+            data = torch.frombuffer(b, dtype=dtype, count=numel, offset=start)
+        return torch.storage.TypedStorage(wrap_storage=data.untyped_storage(), dtype=dtype, _internal=True)
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -299,13 +322,7 @@ class SafeUnpickler(pickle.Unpickler):
         def load_from_bytes(b):
             if not isinstance(b, (bytes, bytearray)):
                 raise UnsafePickleError(f'{source}: malformed tensor storage')
-            _check_storage_payload(bytes(b), source)
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')      # TypedStorage deprecation
-                storage = torch.load(io.BytesIO(b), weights_only=True, map_location='cpu')
-            if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
-                raise UnsafePickleError(f'{source}: malformed tensor storage ({type(storage).__name__})')
-            return storage
+            return storage_from_payload(b, source)
 
         def rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
             if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):

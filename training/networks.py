@@ -26,6 +26,8 @@ This module imports only torch, numpy and stylefreq, because `stylefreq.export` 
 in pickles that a stock upstream checkout loads.
 """
 
+import functools
+
 import numpy as np
 import torch
 
@@ -46,7 +48,9 @@ SQRT_HALF = np.sqrt(0.5)  # resnet branches are each scaled by sqrt(1/2) so thei
 
 def _randn(*shape, divisor=1, channels_last=False):
     """Standard-normal init tensor (one randn draw), optionally divided and in NHWC layout."""
-    t = torch.randn(shape) / divisor
+    t = torch.randn(shape)
+    if divisor != 1:        # (x / 1 is x; skipping it keeps construction on the meta device cheap)
+        t = t / divisor
     return t.contiguous(memory_format=torch.channels_last) if channels_last else t
 
 
@@ -54,9 +58,16 @@ def _filled(size, value):
     return torch.full([size], float(value))
 
 
+@functools.lru_cache(maxsize=16)
+def _fir(shape, values):
+    return upfirdn2d.setup_filter(np.asarray(values, dtype=np.float64).reshape(shape))
+
+
 def _register_fir(module, taps):
-    """Every resampling module keeps its FIR filter as the buffer `resample_filter` (format fact)."""
-    module.register_buffer('resample_filter', upfirdn2d.setup_filter(taps))
+    """Every resampling module keeps its FIR filter as the buffer `resample_filter` (format fact).
+    The filter is made once per tap list and copied: a network has one per layer."""
+    taps = np.asarray(taps, dtype=np.float64)
+    module.register_buffer('resample_filter', _fir(taps.shape, tuple(taps.ravel().tolist())).clone())
 
 
 def _default_act_gain(activation):
