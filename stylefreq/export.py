@@ -23,9 +23,9 @@ spectral, wrappers) would make the pickle independent of an installation, but it
 second copy of the library into every file, exactly the source-embedding design stylefreq leaves
 behind; a missing installation fails with a plain `No module named 'stylefreq'`.
 
-`state` is not a module `__dict__` but a compact record: the stylefreq class name, constructor
-arguments and a flat name -> tensor dict (`_init_args`, `_init_kwargs`, `_parameters`,
-`_buffers`, `stylefreq_class_name`). When upstream unpickles it, the class in `module_src` (a
+`state` is not a module `__dict__` but stylefreq's network record (stylefreq.records: class name,
+constructor arguments, flat name -> tensor dict), the same one stylefreq snapshots hold. When
+upstream unpickles it, the class in `module_src` (a
 subclass of the stylefreq network) rebuilds the network from that record in `__setstate__`, and
 `__reduce__` writes the same kind of record again, so upstream code that deep-copies or re-pickles
 the network keeps working. Inside the checkout the embedded networks are reached through
@@ -35,7 +35,6 @@ the network keeps working. Inside the checkout the embedded networks are reached
 from __future__ import annotations
 
 import argparse
-import collections
 import inspect
 import io
 import os
@@ -44,7 +43,9 @@ import sys
 
 import torch
 
+from stylefreq import files, records
 from stylefreq import kwargs as sf_kwargs
+from stylefreq.safe_pickle import plain
 
 __all__ = ['ExportError', 'EXPORT_MARKER', 'install_shims', 'export_network_pkl', 'exported_module_src', 'main']
 
@@ -73,17 +74,6 @@ class ExportError(ValueError):
 # The record stored as `state`, and rebuilding from it (used on both sides).
 
 
-def _plain(obj):
-    """EasyDicts -> dicts, tuples kept, recursively: constructor arguments without stylefreq types."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_plain(v) for v in obj)
-    return obj
-
-
 def _stylefreq_class_name(net, engine_classes):
     """'training.networks.Generator', 'stylefreq.ssd.SSDDiscriminator', ... for a network or its shim."""
     engine = {id(c): n for n, c in engine_classes.items()}
@@ -96,36 +86,29 @@ def _stylefreq_class_name(net, engine_classes):
 
 
 def _record(net, engine_classes) -> dict:
-    d = net.__dict__
-    if '_init_kwargs' not in d:
-        raise ExportError(f'{type(net).__name__} did not record its constructor arguments '
-                          f'(not built through a stylefreq persistent class)')
-    params = collections.OrderedDict((n, t.detach().to('cpu', copy=True)) for n, t in net.named_parameters())
-    buffers = collections.OrderedDict((n, t.detach().to('cpu', copy=True)) for n, t in net.named_buffers())
-    return dict(stylefreq_class_name=_stylefreq_class_name(net, engine_classes),
-                _init_args=_plain(tuple(d.get('_init_args', ()))), _init_kwargs=_plain(dict(d['_init_kwargs'])),
-                _parameters=params, _buffers=buffers, _modules={}, training=bool(net.training))
+    try:
+        return records.write_record(net, class_name=_stylefreq_class_name(net, engine_classes))
+    except records.RecordError as e:
+        raise ExportError(str(e)) from None
 
 
 def _rebuild(state, engine_classes):
-    """A fresh stylefreq network from an exported record (constructor + exact tensor copy)."""
-    class_name = state['stylefreq_class_name']
+    """A fresh stylefreq network from an exported record, inside an upstream checkout (where the
+    engine classes are the ones exec'd from module_src, reached through aliases)."""
+    spec = records.spec_of_record(state)
     aliases = {f'{ENGINE_MODULE}.{n}': c for n, c in engine_classes.items()}
     with sf_kwargs.class_name_aliases(aliases):
-        cls = sf_kwargs.get_obj_by_name(class_name)
-        net = cls(*tuple(state.get('_init_args', ())), **dict(state['_init_kwargs']))
-    tensors = dict(state.get('_parameters') or {})
-    tensors.update(state.get('_buffers') or {})
+        net = sf_kwargs.get_obj_by_name(spec.class_name)(*spec.init_args, **spec.init_kwargs)
     own = dict(net.named_parameters())
     own.update(net.named_buffers())
-    if set(own) != set(tensors):
-        missing = sorted(set(own) - set(tensors))[:3]
-        extra = sorted(set(tensors) - set(own))[:3]
-        raise RuntimeError(f'exported {class_name}: tensors do not match the rebuilt network '
+    if set(own) != set(spec.tensors):
+        missing = sorted(set(own) - set(spec.tensors))[:3]
+        extra = sorted(set(spec.tensors) - set(own))[:3]
+        raise RuntimeError(f'exported {spec.class_name}: tensors do not match the rebuilt network '
                            f'(missing {missing}, unexpected {extra})')
     with torch.no_grad():
         for name, dst in own.items():
-            dst.copy_(tensors[name])
+            dst.copy_(spec.tensors[name])
     net.train(bool(state.get('training', False))).requires_grad_(False)
     return net
 
@@ -238,21 +221,18 @@ def export_network_pkl(data: dict, dest, protocol: int = 4) -> dict:
             by_key[key] = metas[id(net)]
             continue
         state = _record(net.eval(), engine)
-        class_name = state['stylefreq_class_name'].rpartition('.')[2]
+        class_name = state['class_name'].rpartition('.')[2]
         if class_name not in ('Generator', 'Discriminator') + tuple(WRAPPER_CLASSES):
-            raise ExportError(f'{key}: {state["stylefreq_class_name"]} cannot be exported (only generators, '
+            raise ExportError(f'{key}: {state["class_name"]} cannot be exported (only generators, '
                               f'discriminators and their stylefreq wrappers)')
         metas[id(net)] = by_key[key] = dict(type='class', version=UPSTREAM_PERSISTENCE_VERSION, module_src=module_src,
                                             class_name=class_name, state=state)
     tsk = data.get('training_set_kwargs')
-    out = dict(training_set_kwargs=None if tsk is None else _plain(dict(tsk)),
+    out = dict(training_set_kwargs=None if tsk is None else plain(dict(tsk)),
                G=nets['G'], D=nets['D'], G_ema=nets['G_ema'], augment_pipe=None)
     buf = io.BytesIO()
     _ExportPickler(buf, metas, protocol).dump(out)
-    tmp = f'{os.fspath(dest)}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, dest)
+    files.write_bytes(dest, buf.getvalue())
     return by_key
 
 

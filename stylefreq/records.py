@@ -1,9 +1,10 @@
 """Network records: how a network is stored and how it is rebuilt, without code from the file.
 
 A record is (dotted class name, constructor arguments, name -> tensor). stylefreq writes records
-(`write_record`: its snapshots and the state of exported upstream-format pickles) and reads three
-kinds (`spec_of`): its own, upstream persistent objects (mapped to the stylefreq class of the same
-name), and modules pickled by reference by a patched upstream checkout.
+(`write_record`: its snapshots, and the state of the upstream persistent objects that
+`python -m stylefreq.export` writes) and reads three kinds (`spec_of`): its own, upstream persistent
+objects (mapped to the stylefreq class of the same name), and modules pickled by reference by a
+patched upstream checkout.
 
 `build` turns a record into a module:
 1. the class is resolved through the registry (`stylefreq.kwargs.resolve_registered`), and so is
@@ -65,16 +66,21 @@ def tensors_of(module: torch.nn.Module) -> 'collections.OrderedDict[str, torch.T
     return out
 
 
-def write_record(module: torch.nn.Module) -> dict:
-    """The record of a persistent network (plain data + tensors)."""
-    if not persistence.is_persistent(module):
+def write_record(module: torch.nn.Module, class_name: str | None = None) -> dict:
+    """The record of a persistent network (plain data + tensors). `class_name` overrides the
+    recorded name (an exported network's class inside an upstream checkout is a subclass)."""
+    if '_init_kwargs' not in module.__dict__:
         cls = type(module)
         raise RecordError(f'{cls.__module__}.{cls.__qualname__} is not a network built with '
                           f'stylefreq.persistence.persistent_class')
-    return dict(format=FORMAT, version=VERSION, class_name=persistence.class_name_of(module),
-                init_args=plain(persistence.init_args_of(module)),
-                init_kwargs=plain(persistence.init_kwargs_of(module)),
+    return dict(format=FORMAT, version=VERSION, class_name=class_name or persistence.class_name_of(module),
+                init_args=plain(tuple(module.__dict__.get('_init_args', ()))),
+                init_kwargs=plain(dict(module.__dict__['_init_kwargs'])),
                 tensors=tensors_of(module), training=bool(module.training))
+
+
+def is_record(obj) -> bool:
+    return isinstance(obj, dict) and obj.get('format') == FORMAT
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -93,14 +99,13 @@ class Spec:
 def spec_of(obj) -> Spec | None:
     """The Spec of an inert record; None for an upstream class stylefreq has no counterpart for."""
     if isinstance(obj, OwnRecord):
-        return _own_spec(obj.record)
+        return spec_of_record(obj.record)
     if isinstance(obj, UpstreamObject):
         state = obj.get_state()
-        if 'stylefreq_class_name' in state:                 # written by python -m stylefreq.export
-            name = state['stylefreq_class_name']
-            if not isinstance(name, str):
-                raise RecordError('malformed exported network record (stylefreq_class_name)')
-            return Spec(name, obj.init_args, obj.init_kwargs, obj.tensors(), f'exported {obj.class_name}')
+        if is_record(state):                # written by python -m stylefreq.export: the state is a record
+            spec = spec_of_record(state)
+            spec.what = f'exported {obj.class_name}'
+            return spec
         name = UPSTREAM_CLASSES.get(obj.class_name)
         if name is None:
             return None
@@ -113,8 +118,8 @@ def spec_of(obj) -> Spec | None:
     raise TypeError(f'not a network record: {type(obj).__name__}')
 
 
-def _own_spec(record) -> Spec:
-    if not (isinstance(record, dict) and record.get('format') == FORMAT):
+def spec_of_record(record) -> Spec:
+    if not is_record(record):
         raise RecordError('malformed stylefreq module record')
     if record.get('version') != VERSION:
         raise RecordError(f"stylefreq module record version {record.get('version')!r} is not supported "

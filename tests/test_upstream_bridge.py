@@ -187,7 +187,7 @@ def test_export_pickle_structure_and_reload(tmp_path, kind):
         src = meta['module_src']
         assert 'NVIDIA' not in src and 'Copyright' not in src and export.EXPORT_MARKER in src
         assert src.rstrip().endswith('install_shims(globals())')
-        assert meta['state']['_parameters'] and metas[key]['class_name'] == cls
+        assert meta['state']['format'] == 'stylefreq.module' and meta['state']['tensors'] and metas[key]['class_name'] == cls
     # stylefreq's loader rebuilds the networks (without running module_src) with identical outputs.
     back = checkpoint.load_network_pkl(str(dest), verbose=False)
     for key in ('G', 'D', 'G_ema'):
