@@ -356,28 +356,27 @@ class ForeignMapping(torch.nn.Module):
 
 
 class ForeignSynthesis(torch.nn.Module):
-    """Blocks b4..bR like upstream's, its own inline ws split (no split_ws method)."""
+    """Blocks b4..bR like upstream's, with its own inline ws split (no split_ws method)."""
 
     def __init__(self, w_dim, img_resolution, img_channels, channels=16):
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
-        self.block_resolutions = [2 ** i for i in range(2, int(math.log2(img_resolution)) + 1)]
-        self.num_ws = 0
-        for res in self.block_resolutions:
-            block = networks.SynthesisBlock(0 if res == 4 else channels, channels, w_dim=w_dim, resolution=res,
-                                            img_channels=img_channels, is_last=res == img_resolution)
-            self.num_ws += block.num_conv
-            setattr(self, f'b{res}', block)
-        self.num_ws += block.num_torgb
+        log2 = int(math.log2(img_resolution))
+        self.block_resolutions = [1 << k for k in range(2, log2 + 1)]
+        blocks = [networks.SynthesisBlock(channels if r > 4 else 0, channels, w_dim=w_dim, resolution=r,
+                                          img_channels=img_channels, is_last=(r == img_resolution))
+                  for r in self.block_resolutions]
+        for r, b in zip(self.block_resolutions, blocks):
+            self.add_module(f'b{r}', b)
+        self.num_ws = sum(b.num_conv for b in blocks) + blocks[-1].num_torgb
 
     def forward(self, ws, **block_kwargs):
-        x = img = None
-        w_idx = 0
-        for res in self.block_resolutions:
-            block = getattr(self, f'b{res}')
-            x, img = block(x, img, ws.narrow(1, w_idx, block.num_conv + block.num_torgb), **block_kwargs)
-            w_idx += block.num_conv
-        return img
+        starts = np.cumsum([0] + [getattr(self, f'b{r}').num_conv for r in self.block_resolutions])
+        feat = image = None
+        for r, start in zip(self.block_resolutions, starts):
+            blk = self.get_submodule(f'b{r}')
+            feat, image = blk(feat, image, ws[:, start:start + blk.num_conv + blk.num_torgb], **block_kwargs)
+        return image
 
 
 class ForeignGenerator(torch.nn.Module):
