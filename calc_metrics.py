@@ -1,146 +1,255 @@
-"""Calculate quality metrics for a network pickle (stylefreq or upstream StyleGAN2-ADA), as upstream's
-calc_metrics.py, plus stylefreq's spectral metrics.
+"""Evaluate metrics of a network pickle (upstream or stylefreq) or of a folder of images.
 
-    python calc_metrics.py --metrics=fid50k_full,specdisc --network=runs/00000-ffhq/network-snapshot-000100.pkl
-    python calc_metrics.py --metrics=fid_levels10k --network=https://.../ffhq.pkl --data=~/datasets/ffhq256.zip
-    python calc_metrics.py --metrics=fid50k_full --images=~/samples.zip --data=~/datasets/ffhq256.zip
+    python calc_metrics.py --metrics=fid50k_full,specdisc --network=runs/00003-x/network-snapshot-001000.pkl
+    python calc_metrics.py --metrics=kid50k_full --images=~/samples.zip --data=~/datasets/ffhq256.zip
 
-Results go to `metric-<name>.jsonl` in the pickle's directory when that directory is a training run
-(it has training_options.json), else to stdout only; figures (specdisc, fid_levels) go beside the
-jsonl, or to the current directory.
+Results are printed as JSON lines and, when the pickle lies in a run directory (one with
+training_options.json), appended to <run dir>/metric-<name>.jsonl. Several processes (--gpus, or
+torchrun) are started by stylefreq.distributed.launch.
 """
 
-import copy
+from __future__ import annotations
+
+import dataclasses
+import json
 import os
-import sys
 import tempfile
 
 import click
 import torch
-import torch.distributed as dist
 
 from metrics import metric_main, metric_utils
-from stylefreq import checkpoint
-from stylefreq.kwargs import EasyDict
+from stylefreq import checkpoint, distributed
+from stylefreq.files import write_text
+from stylefreq.kwargs import EasyDict, registered_class
+from training.dataset import Dataset, DatasetError
+
+DATASET_CLASS = 'training.dataset.ImageFolderDataset'
 
 
-class UserError(Exception):
-    pass
+@dataclasses.dataclass
+class Evaluation:
+    """Everything the worker processes need (picklable, sent to spawned processes)."""
+    metrics: list
+    G: torch.nn.Module | None
+    dataset_kwargs: dict
+    gen_dataset_kwargs: dict | None
+    detector_urls: dict
+    run_dir: str | None
+    snapshot_pkl: str | None
+    verbose: bool
+    notes_dir: str | None = None    # where spawned processes leave the sentence of an error
 
 
-def _dataset_kwargs(data, network_data, G, mirror):
-    """Dataset options: --data, else the pickle's training_set_kwargs; resolution/labels from G."""
-    if data is not None:
-        kwargs = EasyDict(class_name='training.dataset.ImageFolderDataset', path=data)
-    elif network_data is not None and network_data.get('training_set_kwargs'):
-        kwargs = EasyDict(network_data['training_set_kwargs'])
-    else:
-        raise UserError('could not look up the dataset options in the network pickle; give --data')
-    if G is not None:
-        kwargs.resolution = int(G.img_resolution)
-        kwargs.use_labels = int(getattr(G, 'c_dim', 0)) != 0
-    if mirror is not None:
-        kwargs.xflip = bool(mirror)
+def _one_line(err) -> str:
+    return ' '.join(str(err).split())
+
+
+def _local(path: str) -> str:
+    """Expand '~' in a local path (a flag value `--x=~/y` reaches us unexpanded); URLs unchanged."""
+    return path if '://' in path else os.path.expanduser(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking the command line.
+
+
+def parse_metric_list(text: str) -> list:
+    names = [name.strip() for name in text.split(',')]
+    if names == ['none']:
+        raise click.BadParameter('"none" leaves nothing to compute; name at least one metric.',
+                                 param_hint='--metrics')
+    unknown = [name for name in names if not metric_main.is_valid_metric(name)]
+    if unknown:
+        raise click.BadParameter(f'unknown metric {unknown[0] or "(empty)"}; valid: '
+                                 f'{metric_main.describe_valid_metrics()}', param_hint='--metrics')
+    return names
+
+
+def load_generator(network: str, verbose: bool):
+    """(G_ema, the pickle's training_set_kwargs or None)."""
     try:
-        dataset = metric_utils.open_dataset(kwargs)
-    except metric_utils.MetricError as e:
-        where = '--data' if data is not None else "the pickle's training_set_kwargs (give --data)"
-        raise UserError(f'{where}: {e}') from None
-    if G is not None and dataset.num_channels != G.img_channels:
-        raise UserError(f'dataset {dataset.name} has {dataset.num_channels} channels, the network makes '
-                        f'{G.img_channels}')
-    return kwargs
-
-
-def _load_network(network, verbose):
-    try:
-        path = checkpoint.open_url(network, return_filename=True, verbose=verbose)
-        data = checkpoint.load_network_pkl(path, verbose=verbose)
-    except (OSError, checkpoint.CheckpointError) as e:
-        raise UserError(f'--network: {e}') from None
+        data = checkpoint.load_network_pkl(network, verbose=verbose)
+    except (OSError, ValueError, checkpoint.CheckpointError) as err:
+        raise click.BadParameter(_one_line(err), param_hint='--network') from None
     G = data.get('G_ema')
-    if not isinstance(G, torch.nn.Module):
-        raise UserError(f'--network: {network} holds no generator (G_ema) that stylefreq can run')
-    return path, data, G.eval().requires_grad_(False)
+    if not isinstance(G, torch.nn.Module) or not all(hasattr(G, a) for a in ('z_dim', 'c_dim', 'img_resolution',
+                                                                               'img_channels')):
+        raise click.BadParameter(f'{network} holds no G_ema generator network that stylefreq can run.',
+                                 param_hint='--network')
+    return G, data.get('training_set_kwargs')
 
 
-def _threads_per_process(num_procs):
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_procs))
+def dataset_from_pickle(network: str, recorded) -> EasyDict:
+    """The pickle's training_set_kwargs, if they name a registered dataset class."""
+    if not isinstance(recorded, dict) or not recorded:
+        raise click.UsageError(f'{network} does not record its training data (training_set_kwargs); give --data.')
+    class_name = recorded.get('class_name')
+    cls = registered_class(class_name) if isinstance(class_name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, Dataset)):
+        raise click.UsageError(f'{network} names the dataset class {class_name!r} in its training_set_kwargs, '
+                               f'which is not a registered dataset class; give --data.')
+    return EasyDict(recorded)
 
 
-def run_metrics(rank, args, temp_dir=None, G=None):
-    """Evaluate args.metrics in one process (rank) of args.num_gpus; rank 0 reports. G: the loaded
-    generator (spawned processes load it again from args.network_path)."""
-    own_group = False
-    if args.num_gpus > 1 and not dist.is_initialized():
-        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
-        if torch.cuda.is_available():
-            torch.cuda.set_device(rank)
-        init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
-        dist.init_process_group(backend=backend, init_method=f'file://{init_file}', rank=rank,
-                                world_size=args.num_gpus)
-        own_group = True
-    if args.spawned:
-        _threads_per_process(args.num_gpus)
-    device = torch.device('cuda', args.local_rank if args.local_rank is not None else rank) \
-        if torch.cuda.is_available() else torch.device('cpu')
-    if G is None and args.network_path is not None:
-        G = checkpoint.load_network_pkl(args.network_path, verbose=False)['G_ema'].eval().requires_grad_(False)
-    progress = metric_utils.ProgressMonitor(verbose=args.verbose)
+def open_checked(dataset_kwargs: dict, failure: str, param_hint: str | None):
+    """Open a dataset once to find problems before any process starts; `failure` begins the message."""
+    options = dict(dataset_kwargs)
+    cls = registered_class(options.pop('class_name'))
     try:
-        for metric in args.metrics:
-            if rank == 0 and args.verbose:
-                print(f'Calculating {metric}...')
-            result = metric_main.calc_metric(metric=metric, G=G, dataset_kwargs=copy.deepcopy(args.dataset_kwargs),
-                                             gen_dataset_kwargs=copy.deepcopy(args.gen_dataset_kwargs),
-                                             num_gpus=args.num_gpus, rank=rank, device=device, progress=progress,
-                                             detector_urls=args.detector_urls)
-            if rank == 0:
-                metric_main.report_metric(result, run_dir=args.run_dir, snapshot_pkl=args.network_pkl)
+        return cls(**options)
+    except DatasetError as err:
+        message = f'{failure}: {_one_line(err)}'
+    except TypeError as err:       # options the class does not take (a hand-edited or foreign pickle)
+        message = f'{failure}: its options do not suit {cls.__name__} ({_one_line(err)}).'
+    if param_hint is None:
+        raise click.UsageError(message)
+    raise click.BadParameter(message, param_hint=param_hint)
+
+
+def check_against_generator(dataset, G, where: str):
+    if dataset.num_channels != int(G.img_channels):
+        raise click.UsageError(f'{where} has {dataset.num_channels}-channel images but the generator makes '
+                               f'{int(G.img_channels)}-channel ones.')
+    if int(G.c_dim) and dataset.label_dim != int(G.c_dim):
+        raise click.UsageError(f'the generator is conditional with c_dim={int(G.c_dim)} but {where} has labels of '
+                               f'dimension {dataset.label_dim}.')
+
+
+def find_run_dir(network: str) -> str | None:
+    """The pickle's directory if it is a training run directory (holds training_options.json)."""
+    if not os.path.isfile(network):
+        return None
+    folder = os.path.dirname(os.path.abspath(network))
+    return folder if os.path.isfile(os.path.join(folder, 'training_options.json')) else None
+
+
+def _mirrored(dataset_kwargs: EasyDict, mirror) -> EasyDict:
+    """--mirror, when given, overrides the dataset's x-flip setting."""
+    return dataset_kwargs if mirror is None else EasyDict(dataset_kwargs, xflip=bool(mirror))
+
+
+def plan_images(metrics, images, data, mirror, detector_urls, verbose) -> Evaluation:
+    """--images: a folder or zip of images stands in for the generator."""
+    needs_network = [metric for metric in metrics if metric in metric_main.NEEDS_NETWORK]
+    if needs_network:
+        raise click.UsageError(f'--metrics: {needs_network[0]} needs a network (--network); --images gives only '
+                               f'images.')
+    if data is None:
+        raise click.UsageError('--images needs --data, the real images to compare with.')
+    fakes = EasyDict(class_name=DATASET_CLASS, path=_local(images))
+    open_checked(fakes, 'cannot use these images', '--images').close()
+    reals = _mirrored(EasyDict(class_name=DATASET_CLASS, path=_local(data)), mirror)
+    open_checked(reals, 'cannot use this dataset', '--data').close()
+    return Evaluation(metrics, None, reals, fakes, detector_urls, None, None, verbose)
+
+
+def plan_network(metrics, network, data, mirror, detector_urls, verbose, leader) -> Evaluation:
+    """--network: generated images of the pickle's G_ema against --data or its training data."""
+    network = _local(network)
+    if leader and verbose:
+        print(f'Loading network from "{network}"...')
+    G, recorded = load_generator(network, verbose=verbose and leader)
+    if data is None:
+        reals = dataset_from_pickle(network, recorded)
+        failure, hint = f'the training data recorded in {network} cannot be used here (give --data)', None
+    else:
+        reals = EasyDict(class_name=DATASET_CLASS, path=_local(data))
+        failure, hint = 'cannot use this dataset', '--data'
+    # As upstream: the reals at the generator's resolution, labelled when the generator is conditional.
+    reals = _mirrored(EasyDict(reals, resolution=int(G.img_resolution), use_labels=int(G.c_dim) != 0), mirror)
+    dataset = open_checked(reals, failure, hint)
+    try:
+        check_against_generator(dataset, G, f"the dataset '{reals.get('path')}'")
     finally:
-        if own_group:
-            dist.destroy_process_group()
+        dataset.close()
+    return Evaluation(metrics, G, reals, None, detector_urls, find_run_dir(network), network, verbose)
 
 
-def _subprocess_fn(rank, args, temp_dir):
+def plan(metrics, network, data, mirror, verbose, images, inception_url, vgg16_url, leader) -> Evaluation:
+    """Check the flags and their files before any process starts; one sentence per problem."""
+    metrics = parse_metric_list(metrics)
+    if (network is None) == (images is None):
+        raise click.UsageError('give either --network (a pickle to generate images with) or --images (a folder or '
+                               'zip of images), not both or neither.')
+    detector_urls = {kind: _local(url) for kind, url in (('inception', inception_url), ('vgg16', vgg16_url)) if url}
+    if images is not None:
+        return plan_images(metrics, images, data, mirror, detector_urls, verbose)
+    return plan_network(metrics, network, data, mirror, detector_urls, verbose, leader)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation (in every process).
+
+_RUN_ERRORS = (metric_utils.MetricError, DatasetError, OSError)
+
+
+def evaluate(proc, job: Evaluation):
     try:
-        run_metrics(rank, args, temp_dir)
-    except (metric_utils.MetricError, UserError, OSError, ValueError) as e:
-        print(f'Error: {e}', file=sys.stderr)
-        sys.exit(1)
+        for metric in job.metrics:
+            if proc.rank == 0 and job.verbose:
+                print(f'Evaluating {metric}...')
+            result = metric_main.calc_metric(metric=metric, G=job.G, dataset_kwargs=job.dataset_kwargs,
+                                             gen_dataset_kwargs=job.gen_dataset_kwargs,
+                                             num_gpus=proc.world_size, rank=proc.rank, device=proc.device,
+                                             progress=metric_utils.ProgressMonitor(verbose=job.verbose),
+                                             detector_urls=job.detector_urls)
+            if proc.rank == 0:
+                metric_main.report_metric(result, run_dir=job.run_dir, snapshot_pkl=job.snapshot_pkl)
+    except _RUN_ERRORS as err:
+        if job.notes_dir is None:
+            raise click.ClickException(_one_line(err)) from None
+        # A spawned process: the launching process only learns exit codes, and the other processes
+        # fail too once this one stops answering collectives; leave the real reason for it to print.
+        write_text(os.path.join(job.notes_dir, f'rank{proc.rank:05d}.txt'), _one_line(err))
+        raise SystemExit(1) from None
 
 
-class CommaSeparatedList(click.ParamType):
-    name = 'list'
+def run_processes(job: Evaluation, gpus: int):
+    if distributed.planned_world_size(gpus) == 1 or distributed.torchrun_world() is not None:
+        distributed.launch(evaluate, num_procs=gpus, args=(job,))
+        return
+    with tempfile.TemporaryDirectory(prefix='calc_metrics-') as notes:
+        job = dataclasses.replace(job, notes_dir=notes)
+        try:
+            distributed.launch(evaluate, num_procs=gpus, args=(job,))
+        except (torch.multiprocessing.ProcessExitedException, torch.multiprocessing.ProcessRaisedException):
+            reasons = [open(os.path.join(notes, name)).read() for name in sorted(os.listdir(notes))
+                       if name.endswith('.txt')]
+            if not reasons:
+                raise       # not a user error: keep the traceback
+            raise click.ClickException(reasons[0]) from None
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        if value is None or value.lower() == 'none' or value == '':
-            return []
-        return [v.strip() for v in value.split(',') if v.strip()]
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _at_least_one(_ctx, param, value):
+    if value < 1:
+        raise click.BadParameter(f'{value} processes cannot compute anything; give 1 or more.', param=param)
+    return value
 
 
 @click.command()
-@click.pass_context
-@click.option('network_pkl', '--network', help='Network pickle filename or URL', metavar='PATH')
-@click.option('--metrics', help='Comma-separated list or "none"', type=CommaSeparatedList(), default='fid50k_full',
-              show_default=True)
-@click.option('--data', help='Dataset to evaluate metrics against (directory, zip or builtin:NAME) [default: same as '
-              'training data]', metavar='PATH')
-@click.option('--mirror', help='Whether the dataset was augmented with x-flips during training', type=bool,
-              metavar='BOOL')
-@click.option('--gpus', help='Number of GPUs (CPU processes without CUDA) to use', type=int, default=1, metavar='INT',
-              show_default=True)
-@click.option('--verbose', help='Print optional information', type=bool, default=True, metavar='BOOL',
-              show_default=True)
-@click.option('--images', help='Evaluate these images (directory or zip) instead of a network', metavar='PATH')
-@click.option('--inception-url', metavar='URL', help='Inception detector for FID/KID/IS/FID levels (path or URL) '
-              f'[default: ${metric_utils.DETECTOR_ENV["inception"]} or upstream\'s URL]')
-@click.option('--vgg16-url', metavar='URL', help='VGG16 detector for PR/PPL (path or URL) '
-              f'[default: ${metric_utils.DETECTOR_ENV["vgg16"]} or upstream\'s URL]')
-def calc_metrics(ctx, network_pkl, metrics, data, mirror, gpus, verbose, images, inception_url, vgg16_url):
+@click.option('--network', 'network_pkl', metavar='PATH', help='Network pickle filename or URL')
+@click.option('--metrics', default='fid50k_full', show_default=True, metavar='LIST',
+              help='Comma-separated list or "none"')
+@click.option('--data', metavar='PATH',
+              help='Dataset to evaluate metrics against (directory, zip or builtin:NAME) [default: same as training '
+                   'data]')
+@click.option('--mirror', type=bool, metavar='BOOL', help='Whether the dataset was augmented with x-flips during training')
+@click.option('--gpus', type=int, default=1, show_default=True, metavar='INT', callback=_at_least_one,
+              help='Number of GPUs (CPU processes without CUDA) to use')
+@click.option('--verbose', type=bool, default=True, show_default=True, metavar='BOOL',
+              help='Print optional information')
+@click.option('--images', metavar='PATH', help='Evaluate these images (directory or zip) instead of a network')
+@click.option('--inception-url', metavar='URL',
+              help="Inception detector for FID/KID/IS/FID levels (path or URL) [default: $STYLEFREQ_INCEPTION_URL or "
+                   "upstream's URL]")
+@click.option('--vgg16-url', metavar='URL',
+              help="VGG16 detector for PR/PPL (path or URL) [default: $STYLEFREQ_VGG16_URL or upstream's URL]")
+def calc_metrics(network_pkl, metrics, data, mirror, gpus, verbose, images, inception_url, vgg16_url):
     """Calculate quality metrics for previous training run or pretrained network pickle.
 
     \b
@@ -149,86 +258,16 @@ def calc_metrics(ctx, network_pkl, metrics, data, mirror, gpus, verbose, images,
     Spectral metrics (stylefreq): specdisc (10k images), specdisc<N>k, fid_levels (50k), fid_levels<N>k.
     See README "Metrics" for their definitions.
     """
-    torchrun = 'RANK' in os.environ and 'WORLD_SIZE' in os.environ
-    rank = int(os.environ['RANK']) if torchrun else 0
-    verbose = verbose and rank == 0
-
-    bad = [m for m in metrics if not metric_main.is_valid_metric(m)]
-    if bad:
-        ctx.fail(f'--metrics: unknown metric{"s" if len(bad) > 1 else ""} {", ".join(bad)}; valid: '
-                 f'{metric_main.describe_valid_metrics()}')
-    if not metrics:
-        ctx.fail('--metrics: nothing to compute')
-    if gpus < 1:
-        ctx.fail('--gpus must be at least 1')
-    if torch.cuda.is_available() and gpus > torch.cuda.device_count() and not torchrun:
-        ctx.fail(f'--gpus={gpus} but only {torch.cuda.device_count()} CUDA devices are visible')
-    if (network_pkl is None) == (images is None):
-        ctx.fail('give either --network or --images')
-
-    args = EasyDict(metrics=metrics, num_gpus=gpus, verbose=verbose, network_pkl=None, network_path=None,
-                    run_dir=None, gen_dataset_kwargs=None, spawned=False, local_rank=None,
-                    detector_urls={k: v for k, v in dict(inception=inception_url, vgg16=vgg16_url).items() if v})
-    try:
-        G = network_data = None
-        if network_pkl is not None:
-            if verbose:
-                print(f'Loading network from "{network_pkl}"...')
-            args.network_path, network_data, G = _load_network(network_pkl, verbose)
-            args.network_pkl = network_pkl
-        else:
-            if data is None:
-                raise UserError('--images needs --data (the real images to compare with)')
-            gen = EasyDict(class_name='training.dataset.ImageFolderDataset', path=images)
-            try:
-                metric_utils.open_dataset(gen)
-            except metric_utils.MetricError as e:
-                raise UserError(f'--images: {e}') from None
-            args.gen_dataset_kwargs = gen
-            for m in metrics:
-                if m.startswith('ppl'):
-                    raise UserError(f'--metrics: {m} needs a network (--network), not --images')
-        args.dataset_kwargs = _dataset_kwargs(data, network_data, G, mirror)
-    except UserError as e:
-        ctx.fail(str(e))
-
-    if network_pkl is not None and os.path.isfile(network_pkl):
-        pkl_dir = os.path.dirname(os.path.abspath(network_pkl))
-        if os.path.isfile(os.path.join(pkl_dir, 'training_options.json')):
-            args.run_dir = pkl_dir
-
-    if verbose:
-        print(f'Dataset options:  {dict(args.dataset_kwargs)}')
-        print(f'Results to:       {args.run_dir if args.run_dir else "stdout"}')
-        print('Launching processes...')
-
-    try:
-        if torchrun:
-            world = int(os.environ['WORLD_SIZE'])
-            if gpus not in (1, world):
-                ctx.fail(f'--gpus={gpus} disagrees with torchrun\'s world size {world}')
-            args.num_gpus = world
-            args.local_rank = int(os.environ.get('LOCAL_RANK', 0))
-            if torch.cuda.is_available():
-                torch.cuda.set_device(args.local_rank)
-            dist.init_process_group(backend='nccl' if torch.cuda.is_available() else 'gloo', init_method='env://')
-            try:
-                run_metrics(rank, args, G=G)
-            finally:
-                dist.destroy_process_group()
-        elif gpus == 1:
-            run_metrics(0, args, G=G)
-        else:
-            args.spawned = True
-            torch.multiprocessing.set_start_method('spawn', force=True)
-            with tempfile.TemporaryDirectory() as temp_dir:
-                try:
-                    torch.multiprocessing.spawn(fn=_subprocess_fn, args=(args, temp_dir), nprocs=gpus)
-                except torch.multiprocessing.ProcessExitedException:
-                    raise click.ClickException('a metric process failed (its message is above)') from None
-    except (metric_utils.MetricError, OSError) as e:
-        raise click.ClickException(str(e)) from None
+    torchrun = distributed.torchrun_world()
+    leader = torchrun is None or torchrun[0] == 0
+    job = plan(metrics, network_pkl, data, mirror, verbose, images, inception_url, vgg16_url, leader)
+    num_procs = distributed.planned_world_size(gpus)
+    if leader and verbose:
+        print(f'Dataset options:  {json.dumps(job.dataset_kwargs, default=repr)}')
+        print(f'Results to:       {job.run_dir or "stdout only"}')
+        print(f'Processes:        {num_procs}')
+    run_processes(job, gpus)
 
 
 if __name__ == '__main__':
-    calc_metrics()
+    calc_metrics()  # pylint: disable=no-value-for-parameter  (click fills the arguments)

@@ -29,8 +29,11 @@ import numpy as np
 import PIL.Image
 
 from training import synthetic
-from training.dataset import (BUILTIN_PREFIX, DatasetError, ImageSource, archive_name, describe_shape,
-                              label_table, open_image_source, parse_labels)
+from training.dataset import (BUILTIN_PREFIX, MAX_RESOLUTION, DatasetError, ImageSource, archive_name,
+                              describe_shape, label_table, open_image_source, parse_labels)
+
+# The most images `cosine` draws: its parameters are sampled up front (16 bytes per image and carrier).
+MAX_COSINE_COUNT = 10_000_000
 
 # ---------------------------------------------------------------------------------------------
 # Output.
@@ -323,8 +326,8 @@ def fail_on_dataset_errors(fn):
 @click.option('--resize-filter', type=click.Choice(['box', 'lanczos']), default='lanczos', show_default=True,
               help='Filter used when resizing')
 @click.option('--transform', type=click.Choice(['center-crop', 'center-crop-wide']), help='Crop before resizing')
-@click.option('--width', type=click.IntRange(min=1), help='Output width')
-@click.option('--height', type=click.IntRange(min=1), help='Output height')
+@click.option('--width', type=click.IntRange(1, MAX_RESOLUTION), help='Output width')
+@click.option('--height', type=click.IntRange(1, MAX_RESOLUTION), help='Output height')
 @fail_on_dataset_errors
 def convert(source, dest, max_images, resize_filter, transform, width, height):
     """Convert a folder or zip of images (with optional dataset.json labels) to a dataset.
@@ -402,8 +405,10 @@ def shift(source, dest, max_images):
 @click.option('--dest', required=True, metavar='PATH', help='Output folder or .zip archive')
 @click.option('--freqs', required=True, multiple=True, metavar='FX,FY[;FX,FY...]',
               help='Carrier frequencies in cycles per image (x, y), e.g. 3,3 or "0,0;3,3;41,41"; repeatable')
-@click.option('--resolution', type=int, default=128, show_default=True, help='Image size R (power of two)')
-@click.option('--count', type=click.IntRange(min=1), default=50000, show_default=True, help='Number of images')
+@click.option('--resolution', type=click.IntRange(1, MAX_RESOLUTION), default=128, show_default=True,
+              help='Image size R (power of two)')
+@click.option('--count', type=click.IntRange(1, MAX_COSINE_COUNT), default=50000, show_default=True,
+              help='Number of images')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Random seed')
 @click.option('--mag-mean', type=float, default=0.5, show_default=True, help='Mean of the magnitude m')
 @click.option('--mag-std', type=click.FloatRange(min=0), default=0.1, show_default=True, help='Std of m')

@@ -1,274 +1,229 @@
-"""The metric registry: upstream's metric names and result keys, plus stylefreq's spectral metrics.
+"""The metric registry: names -> metric functions, evaluation, and metric-<name>.jsonl reports.
 
-    result = calc_metric('fid50k_full', G=G, dataset_kwargs=training_set_kwargs, num_gpus=1, rank=0)
-    report_metric(result, run_dir=run_dir, snapshot_pkl=snapshot_pkl)   # -> metric-fid50k_full.jsonl
+A metric function takes a `metric_utils.MetricOptions` and returns {result key: number}; it is
+registered under its function name with `register_metric`, so a plugin metric only needs the
+decorator (and its module imported before train.py validates --metrics). Families with a size in
+the name (`specdisc5k`, `fid_levels10k`) are registered with `register_metric_family`.
 
-A metric is a function `fn(opts: MetricOptions) -> {result_name: float}` registered under its
-function name with `@register_metric` (plugins register theirs the same way, before train.py
-validates --metrics). Families register a name pattern with `register_metric_family`:
-`specdisc<N>k` and `fid_levels<N>k` evaluate N thousand generated images.
+Names, result keys and report fields are upstream's; README "Metrics" lists them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import time
 
 import torch
-import torch.distributed as dist
 
+from stylefreq.files import atomic_write
 from stylefreq.kwargs import EasyDict
+from stylefreq.progress import format_time
 
-from . import metric_utils
-from . import frechet, kid, precision_recall, inception_score, perceptual_path_length
+from . import fid_levels, frechet, inception_score, kid, metric_utils, perceptual_path_length, precision_recall
+from . import specdisc
 
-_metric_dict = {}        # name -> fn(opts)
-_metric_families = []    # (compiled pattern, template, fn(opts, match))
+_metric_dict = {}       # name -> fn(opts) -> dict
+_families = {}          # prefix -> fn(opts, name, num_images) -> dict, for the names '<prefix><N>k'
+_FAMILY_MAX_DIGITS = 6  # N up to 999999
+
+
+class MetricResult(EasyDict):
+    """What calc_metric returns: upstream's fields (results, metric, total_time, total_time_str,
+    num_gpus) as items, and the figures ({name suffix: PIL image}) as an attribute, so that the
+    jsonl record holds exactly upstream's fields."""
+
+    def __init__(self, figures=None, **fields):
+        super().__init__(**fields)
+        object.__setattr__(self, 'figures', dict(figures or {}))
 
 
 def register_metric(fn):
-    """Decorator: register `fn` under `fn.__name__`."""
-    if not callable(fn):
-        raise TypeError('register_metric expects a function')
-    _metric_dict[fn.__name__] = fn
+    """Decorator: make `fn(opts) -> dict` available as the metric `fn.__name__`."""
+    if not (callable(fn) and isinstance(getattr(fn, '__name__', None), str)):
+        raise TypeError('register_metric decorates a named function')
+    _metric_dict.update({fn.__name__: fn})
     return fn
 
 
-def register_metric_family(pattern: str, template: str):
-    """Decorator: register `fn(opts, match)` for every name that fully matches the regex `pattern`
-    (`template` is how the family is shown to users, e.g. 'specdisc<N>k')."""
-    def decorator(fn):
-        _metric_families.append((re.compile(pattern), template, fn))
+def register_metric_family(prefix: str):
+    """Decorator: `fn(opts, name, num_images)` computes the metrics '<prefix><N>k' (N >= 1)."""
+    if not re.fullmatch(r'[a-z][a-z0-9_]*', prefix):
+        raise ValueError(f'metric family prefix {prefix!r} must be lower-case letters, digits and _')
+
+    def decorate(fn):
+        _families[prefix] = fn
         return fn
-    return decorator
+    return decorate
 
 
-def _lookup(metric):
-    if not isinstance(metric, str):
-        return None
-    if metric in _metric_dict:
-        return _metric_dict[metric]
-    for pattern, _template, fn in _metric_families:
-        match = pattern.fullmatch(metric)
-        if match:
-            return lambda opts: fn(opts, match)
+def _family_member(metric: str):
+    """(family fn, number of images) when `metric` names a family member, else None."""
+    for prefix, fn in _families.items():
+        found = re.fullmatch(re.escape(prefix) + rf'([1-9][0-9]{{0,{_FAMILY_MAX_DIGITS - 1}}})k', metric)
+        if found:
+            return fn, int(found[1]) * 1000
     return None
 
 
 def is_valid_metric(metric) -> bool:
-    return _lookup(metric) is not None
+    return isinstance(metric, str) and (metric in _metric_dict or _family_member(metric) is not None)
 
 
 def list_valid_metrics() -> list:
-    """Registered names (families are described by `describe_valid_metrics`)."""
-    return list(_metric_dict.keys())
+    """The registered names (family members are not listed; see describe_valid_metrics)."""
+    return list(_metric_dict)
 
 
 def describe_valid_metrics() -> str:
-    families = [t for _p, t, _f in _metric_families]
-    return ', '.join(list_valid_metrics() + families)
+    """'fid50k_full, kid50k_full, ..., specdisc<N>k, fid_levels<N>k', for messages and --help."""
+    return ', '.join(list_valid_metrics() + [f'{prefix}<N>k' for prefix in _families])
 
 
-class MetricResult(EasyDict):
-    """The EasyDict calc_metric returns (results, metric, total_time, total_time_str, num_gpus).
-    `figures` ({name suffix: PIL.Image}) is an attribute, not an item, so the dict stays JSON."""
+def _metric_function(metric):
+    if isinstance(metric, str) and metric in _metric_dict:
+        return _metric_dict[metric]
+    member = _family_member(metric) if isinstance(metric, str) else None
+    if member is None:
+        raise ValueError(f'unknown metric {metric!r}; valid: {describe_valid_metrics()}')
+    fn, num_images = member
+    return functools.partial(fn, name=metric, num_images=num_images)
 
-    @property
-    def figures(self):
-        return self.__dict__.get('_figures', {})
 
-    def set_figures(self, figures):
-        self.__dict__['_figures'] = dict(figures)
+# ---------------------------------------------------------------------------------------------
+# Evaluation and reports.
 
 
 def calc_metric(metric, **kwargs) -> MetricResult:
-    """Compute `metric` with MetricOptions(**kwargs); every rank must call it (collectives inside).
-    Returns the same result on every rank."""
-    fn = _lookup(metric)
-    if fn is None:
-        raise ValueError(f'unknown metric {metric!r}; valid: {describe_valid_metrics()}')
-    opts = metric_utils.MetricOptions(**kwargs)
+    """Evaluate one metric; kwargs are MetricOptions' (G, dataset_kwargs, num_gpus, rank, device,
+    progress, cache, detector_urls, gen_dataset_kwargs, ...). Every rank gets rank 0's numbers."""
+    compute = _metric_function(metric)
+    options = metric_utils.MetricOptions(**kwargs)
+    started = time.time()
+    values = compute(options)
+    seconds = time.time() - started
+    if not isinstance(values, dict):
+        raise metric_utils.MetricError(f'metric {metric} returned a {type(values).__name__}, not a dict of results')
+    results = _from_rank0(options, {str(key): float(value) for key, value in values.items()})
+    return MetricResult(results=EasyDict(results), metric=metric, total_time=seconds,
+                        total_time_str=format_time(seconds), num_gpus=options.num_gpus, figures=options.figures)
 
-    start = time.time()
-    results = fn(opts)
-    total_time = time.time() - start
 
-    if not isinstance(results, dict) or not all(isinstance(k, str) for k in results):
-        raise TypeError(f'metric {metric} returned {type(results).__name__}, expected a dict of name -> float')
-    results = {k: float(v) for k, v in results.items()}
-    if opts.num_gpus > 1:
-        # Every rank computed the same value; rank 0's is authoritative (as upstream).
-        dev = opts.device if opts.device.type == 'cuda' else torch.device('cpu')
-        for key in sorted(results):
-            value = torch.tensor(results[key], dtype=torch.float64, device=dev)
-            dist.broadcast(value, src=0)
-            results[key] = float(value.cpu())
-
-    result = MetricResult(
-        results=EasyDict(results),
-        metric=metric,
-        total_time=total_time,
-        total_time_str=metric_utils.format_time(total_time),
-        num_gpus=opts.num_gpus,
-    )
-    if opts.rank == 0:
-        result.set_figures(opts.figures)
-    return result
+def _from_rank0(opts, results: dict) -> dict:
+    # The metrics all-gather what they need, so ranks agree already up to reduction order; rank
+    # 0's values make every rank log and compare exactly the same numbers.
+    if opts.num_gpus == 1 or not results:
+        return results
+    device = opts.device if opts.device.type == 'cuda' else torch.device('cpu')
+    values = torch.tensor(list(results.values()), dtype=torch.float64, device=device)
+    torch.distributed.broadcast(values, src=0)
+    return dict(zip(results, values.cpu().tolist()))
 
 
 def figure_path(metric, suffix, run_dir=None, snapshot_pkl=None) -> str:
-    """Where report_metric writes a metric's figure: beside metric-<name>.jsonl (the cwd without a
-    run directory), named after the snapshot when there is one."""
-    stem = f'metric-{metric}'
+    """Where a figure goes: metric-<name><suffix>[-<snapshot name>].png, in the run directory or
+    else the current directory."""
+    stem = f'metric-{metric}{suffix}'
     if snapshot_pkl is not None:
         stem += '-' + os.path.splitext(os.path.basename(snapshot_pkl))[0]
-    if suffix:
-        stem += '-' + suffix
     return os.path.join(run_dir if run_dir is not None else os.getcwd(), stem + '.png')
 
 
 def report_metric(result_dict, run_dir=None, snapshot_pkl=None):
-    """Print one JSON line and append it to `<run_dir>/metric-<metric>.jsonl`; write any figures."""
-    metric = result_dict['metric']
-    if not is_valid_metric(metric):
-        raise ValueError(f'unknown metric {metric!r}; valid: {describe_valid_metrics()}')
-    if run_dir is not None and snapshot_pkl is not None:
-        snapshot_pkl = os.path.relpath(snapshot_pkl, run_dir)
-    fields = ('results', 'metric', 'total_time', 'total_time_str', 'num_gpus')
-    line = json.dumps(dict({k: result_dict[k] for k in fields if k in result_dict},
-                           snapshot_pkl=snapshot_pkl, timestamp=time.time()))
+    """Print the result as one JSON line, append it to <run_dir>/metric-<name>.jsonl when there is
+    a run directory, and write the metric's figures."""
+    name = result_dict['metric']
+    if not is_valid_metric(name):
+        raise ValueError(f'unknown metric {name!r}; valid: {describe_valid_metrics()}')
+    shown_pkl = snapshot_pkl
+    if snapshot_pkl is not None and run_dir is not None:
+        shown_pkl = os.path.relpath(snapshot_pkl, run_dir)
+    record = {'results': dict(result_dict['results']), 'metric': name}
+    record.update({field: result_dict[field] for field in ('total_time', 'total_time_str', 'num_gpus')})
+    record.update(snapshot_pkl=shown_pkl, timestamp=time.time())
+    line = json.dumps(record)
     print(line)
-    if run_dir is not None and os.path.isdir(run_dir):
-        with open(os.path.join(run_dir, f'metric-{metric}.jsonl'), 'at') as f:
-            f.write(line + '\n')
-    figures = getattr(result_dict, 'figures', None) or {}
-    fig_dir = run_dir if run_dir is not None and os.path.isdir(run_dir) else None
-    for suffix, image in figures.items():
-        path = figure_path(metric, suffix, fig_dir, snapshot_pkl)
-        image.save(path)
-        print(f'Saved {path}')
+    if run_dir is not None:
+        jsonl = os.path.join(run_dir, f'metric-{name}.jsonl')
+        with open(jsonl, 'at') as log:
+            log.write(line + '\n')
+    for suffix, image in getattr(result_dict, 'figures', {}).items():
+        path = figure_path(name, suffix, run_dir, snapshot_pkl)
+        with atomic_write(path) as png:
+            image.save(png, format='png')
+        print(f'Figure: {path}')
 
 
-# ------------------------------------------------------------------------------------------------
-# Primary metrics (upstream's names and result keys).
+# ---------------------------------------------------------------------------------------------
+# The metrics. Each is (name, which reals, computation, result-key suffixes): 'full' metrics see
+# every real image without x-flips; 'all' (upstream's legacy ones) every real image with the
+# dataset's x-flip setting; 'as given' leaves the dataset options alone.
 
-def _full(opts):
-    opts.dataset_kwargs.update(max_size=None, xflip=False)
-
-
-@register_metric
-def fid50k_full(opts):
-    _full(opts)
-    return dict(fid50k_full=frechet.compute_fid(opts, max_real=None, num_gen=50000))
-
-
-@register_metric
-def kid50k_full(opts):
-    _full(opts)
-    return dict(kid50k_full=kid.compute_kid(opts, max_real=1000000, num_gen=50000, num_subsets=100,
-                                            max_subset_size=1000))
+_REAL_IMAGES = {
+    'full': dict(max_size=None, xflip=False),
+    'all': dict(max_size=None),
+    'as given': {},
+}
 
 
-@register_metric
-def pr50k3_full(opts):
-    _full(opts)
-    p, r = precision_recall.compute_pr(opts, max_real=200000, num_gen=50000, nhood_size=3,
-                                       row_batch_size=10000, col_batch_size=10000)
-    return dict(pr50k3_full_precision=p, pr50k3_full_recall=r)
+def _define(name: str, reals: str, compute, suffixes=('',)):
+    """Register metric `name`: compute(opts) gives one value per key `name + suffix`."""
+    dataset_overrides = _REAL_IMAGES[reals]
+
+    def metric(opts):
+        opts.dataset_kwargs.update(dataset_overrides)
+        values = compute(opts)
+        values = values if isinstance(values, tuple) else (values,)
+        return {name + suffix: value for suffix, value in zip(suffixes, values, strict=True)}
+
+    metric.__name__ = metric.__qualname__ = name
+    register_metric(metric)
 
 
-@register_metric
-def ppl2_wend(opts):
-    return dict(ppl2_wend=perceptual_path_length.compute_ppl(opts, num_samples=50000, epsilon=1e-4, space='w',
-                                                             sampling='end', crop=False, batch_size=2))
+_KID = dict(num_gen=50000, num_subsets=100, max_subset_size=1000)
+_PR = dict(num_gen=50000, nhood_size=3, row_batch_size=10000, col_batch_size=10000)
+_PR_KEYS = ('_precision', '_recall')
+_PPL = dict(num_samples=50000, epsilon=1e-4, batch_size=2)
+
+for _name, _reals, _compute, *_suffixes in [
+    # Primary metrics.
+    ('fid50k_full', 'full', functools.partial(frechet.compute_fid, max_real=None, num_gen=50000)),
+    ('kid50k_full', 'full', functools.partial(kid.compute_kid, max_real=1000000, **_KID)),
+    ('pr50k3_full', 'full', functools.partial(precision_recall.compute_pr, max_real=200000, **_PR), _PR_KEYS),
+    ('ppl2_wend', 'as given', functools.partial(perceptual_path_length.compute_ppl, space='w', sampling='end',
+                                                crop=False, **_PPL)),
+    ('is50k', 'full', functools.partial(inception_score.compute_is, num_gen=50000, num_splits=10),
+     ('_mean', '_std')),
+    # Legacy metrics: 50k reals, cropped PPL.
+    ('fid50k', 'all', functools.partial(frechet.compute_fid, max_real=50000, num_gen=50000)),
+    ('kid50k', 'all', functools.partial(kid.compute_kid, max_real=50000, **_KID)),
+    ('pr50k3', 'all', functools.partial(precision_recall.compute_pr, max_real=50000, **_PR), _PR_KEYS),
+    *[(f'ppl_{space}{sampling}', 'all', functools.partial(perceptual_path_length.compute_ppl, space=space,
+                                                           sampling=sampling, crop=True, **_PPL))
+      for space, sampling in [('z', 'full'), ('w', 'full'), ('z', 'end'), ('w', 'end')]],
+]:
+    _define(_name, _reals, _compute, *_suffixes)
+
+# Metrics that need a generator network (a folder of images cannot stand in for it).
+NEEDS_NETWORK = frozenset(name for name in _metric_dict if name.startswith('ppl'))
 
 
-@register_metric
-def is50k(opts):
-    _full(opts)
-    mean, std = inception_score.compute_is(opts, num_gen=50000, num_splits=10)
-    return dict(is50k_mean=mean, is50k_std=std)
+# ---------------------------------------------------------------------------------------------
+# stylefreq's spectral metrics: N generated images against as many reals (every real, unflipped).
 
 
-# ------------------------------------------------------------------------------------------------
-# Legacy metrics (50k reals with the dataset's own xflip setting; cropped PPL).
-
-@register_metric
-def fid50k(opts):
-    opts.dataset_kwargs.update(max_size=None)
-    return dict(fid50k=frechet.compute_fid(opts, max_real=50000, num_gen=50000))
+def _spectral(compute, opts, name: str, num_images: int):
+    opts.dataset_kwargs.update(_REAL_IMAGES['full'])
+    return compute(opts, name, num_gen=num_images, max_real=num_images)
 
 
-@register_metric
-def kid50k(opts):
-    opts.dataset_kwargs.update(max_size=None)
-    return dict(kid50k=kid.compute_kid(opts, max_real=50000, num_gen=50000, num_subsets=100, max_subset_size=1000))
+for _prefix, _compute, _default_images in [('specdisc', specdisc.compute_specdisc, 10000),
+                                           ('fid_levels', fid_levels.compute_fid_levels, 50000)]:
+    _family = register_metric_family(_prefix)(functools.partial(_spectral, _compute))
+    _plain = functools.partial(_family, name=_prefix, num_images=_default_images)   # 'specdisc' = 'specdisc10k'
+    _plain.__name__ = _prefix
+    register_metric(_plain)
 
-
-@register_metric
-def pr50k3(opts):
-    opts.dataset_kwargs.update(max_size=None)
-    p, r = precision_recall.compute_pr(opts, max_real=50000, num_gen=50000, nhood_size=3,
-                                       row_batch_size=10000, col_batch_size=10000)
-    return dict(pr50k3_precision=p, pr50k3_recall=r)
-
-
-def _ppl(opts, space, sampling):
-    return perceptual_path_length.compute_ppl(opts, num_samples=50000, epsilon=1e-4, space=space, sampling=sampling,
-                                              crop=True, batch_size=2)
-
-
-@register_metric
-def ppl_zfull(opts):
-    return dict(ppl_zfull=_ppl(opts, 'z', 'full'))
-
-
-@register_metric
-def ppl_wfull(opts):
-    return dict(ppl_wfull=_ppl(opts, 'w', 'full'))
-
-
-@register_metric
-def ppl_zend(opts):
-    return dict(ppl_zend=_ppl(opts, 'z', 'end'))
-
-
-@register_metric
-def ppl_wend(opts):
-    return dict(ppl_wend=_ppl(opts, 'w', 'end'))
-
-
-# ------------------------------------------------------------------------------------------------
-# Spectral metrics (README "Metrics" has the exact definitions).
-
-def _spectral_modules():
-    from . import fid_levels as fl, specdisc as sd  # import late: they need stylefreq.spectral
-    return sd, fl
-
-
-@register_metric
-def specdisc(opts):
-    _full(opts)
-    return _spectral_modules()[0].compute_specdisc(opts, prefix='specdisc', num_gen=10000, max_real=10000)
-
-
-@register_metric_family(r'specdisc([1-9][0-9]*)k', 'specdisc<N>k')
-def _specdisc_family(opts, match):
-    _full(opts)
-    n = int(match.group(1)) * 1000
-    return _spectral_modules()[0].compute_specdisc(opts, prefix=match.group(0), num_gen=n, max_real=n)
-
-
-@register_metric
-def fid_levels(opts):
-    _full(opts)
-    return _spectral_modules()[1].compute_fid_levels(opts, prefix='fid_levels', num_gen=50000, max_real=50000)
-
-
-@register_metric_family(r'fid_levels([1-9][0-9]*)k', 'fid_levels<N>k')
-def _fid_levels_family(opts, match):
-    _full(opts)
-    n = int(match.group(1)) * 1000
-    return _spectral_modules()[1].compute_fid_levels(opts, prefix=match.group(0), num_gen=n, max_real=n)
+del _name, _reals, _compute, _suffixes, _prefix, _default_images, _family, _plain

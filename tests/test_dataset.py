@@ -10,6 +10,7 @@ import os
 import pickle
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -310,16 +311,270 @@ LABEL_ERRORS = [
     ({'labels': [['0.png']]}, r"dataset\.json.*each entry must be \[relative_path, label\]"),
     ({'labels': {'0.png': 1}}, r"\"labels\" in .*dataset\.json.*must be a list"),
     ('{"labels": [', r"dataset\.json.*not valid JSON"),
+    # Ranges and finiteness (a class index becomes the width of a one-hot vector and of G's embedding).
+    ({'labels': [['0.png', 1], ['1.png', 10 ** 30]]}, r"dataset\.json.*class index of '1\.png' is a 31-digit number, "
+                                                       r"outside 0\.\.1048575"),
+    ({'labels': [['0.png', 1], ['1.png', 10 ** 12]]}, r"dataset\.json.*'1\.png' is 1000000000000, outside"),
+    ({'labels': [['0.png', 1], ['1.png', 2 ** 20]]}, r"dataset\.json.*'1\.png' is 1048576, outside 0\.\.1048575"),
+    ('{"labels": [["0.png", 1], ["1.png", NaN]]}', r"dataset\.json.*'1\.png' is NaN, not a whole number"),
+    ('{"labels": [["0.png", 1], ["1.png", 1e999]]}', r"dataset\.json.*'1\.png' is Infinity, not a whole number"),
+    ({'labels': [['0.png', 1], ['1.png', 2.5]]}, r"dataset\.json.*'1\.png' is 2\.5, not a whole number"),
+    ({'labels': [['0.png', 1], ['1.png', True]]}, r"dataset\.json.*'1\.png', true, is neither a class index"),
+    ('{"labels": [["0.png", [1, 2]], ["1.png", [0.5, NaN]]]}', r"dataset\.json.*'1\.png' holds a non-finite number"),
+    ({'labels': [['0.png', [1, 2]], ['1.png', [1, 'x']]]}, r"dataset\.json.*'1\.png' holds something other than numbers"),
+    ({'labels': [['0.png', [1e300]], ['1.png', [1.0]]]}, r"dataset\.json.*too large for float32"),
+    ({'labels': [['0.png', [0] * (2 ** 20 + 1)], ['1.png', [0]]]}, r"dataset\.json.*'0\.png' has length 1048577"),
+    ({'labels': [['0.png', []], ['1.png', []]]}, r"dataset\.json.*'0\.png' has length 0"),
+    ({'labels': [['0.png', 1], ['1.png', 2], ['0.png', 3]]}, r"dataset\.json.*gives image '0\.png' more than one"),
+    ('[' * 100000, r"dataset\.json.*not valid JSON \(nested too deeply\)"),
+    ('{"labels": [["0.png", ' + '9' * 5000 + ']]}', r"dataset\.json.*not valid JSON"),
+    ('[["0.png", 1]]', r"dataset\.json.*must hold a JSON object"),
+    (b'\xff\xfe{', r"dataset\.json.*not valid JSON"),
 ]
 
 
-@pytest.mark.parametrize('meta,pattern', LABEL_ERRORS)
+@pytest.mark.parametrize('meta,pattern', LABEL_ERRORS, ids=range(len(LABEL_ERRORS)))
 def test_label_errors_are_named(tmp_path, meta, pattern):
     images = random_images(2)
-    path = write_dataset(tmp_path / 'lab.zip', {'0.png': images[0], '1.png': images[1]}, dataset_json=meta)
+    files = {'0.png': images[0], '1.png': images[1]}
+    if isinstance(meta, bytes):
+        files['dataset.json'] = meta
+        meta = None
+    path = write_dataset(tmp_path / 'lab.zip', files, dataset_json=meta)
     with pytest.raises(DatasetError, match=pattern) as info:
         ImageFolderDataset(path, use_labels=True)  # labels are checked at open time
-    assert 'lab.zip' in str(info.value)
+    assert 'lab.zip' in str(info.value) and '\n' not in str(info.value)
+    if meta is not None and meta != {'labels': None}:
+        with pytest.raises(DatasetError, match=pattern):
+            ImageFolderDataset(path, use_labels='auto')  # what train.py's dry run opens with
+
+
+def test_labels_in_range_are_kept(tmp_path):
+    images = random_images(2)
+    path = write_dataset(tmp_path / 'edge.zip', {'0.png': images[0], '1.png': images[1]},
+                         labels=[['0.png', 2 ** 20 - 1], ['1.png', 3.0]])     # the largest index; a whole float
+    ds = ImageFolderDataset(path, use_labels=True)
+    assert ds.label_dim == 2 ** 20 and ds.get_details(1).raw_label == 3 and ds[0][1][2 ** 20 - 1] == 1
+    assert ImageFolderDataset(path, use_labels=False).label_dim == 0      # not even read
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile files: sizes checked before reading, bounded reads, bounded decoding.
+
+
+def zip_with(path, members, compression=zipfile.ZIP_DEFLATED):
+    with zipfile.ZipFile(path, 'w', compression=compression) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def set_declared_size(path, member, size):
+    """Overwrite the uncompressed size of `member` in the zip's local and central headers."""
+    data = bytearray(Path(path).read_bytes())
+    name = member.encode()
+    for signature, size_at, name_len_at, name_at in ((b'PK\x03\x04', 22, 26, 30), (b'PK\x01\x02', 24, 28, 46)):
+        pos = data.find(signature)
+        while pos >= 0:
+            length = int.from_bytes(data[pos + name_len_at:pos + name_len_at + 2], 'little')
+            if data[pos + name_at:pos + name_at + length] == name:
+                data[pos + size_at:pos + size_at + 4] = size.to_bytes(4, 'little')
+            pos = data.find(signature, pos + 4)
+    Path(path).write_bytes(bytes(data))
+
+
+def set_encrypted_flag(path, member):
+    data = bytearray(Path(path).read_bytes())
+    pos = data.find(b'PK\x01\x02')
+    while pos >= 0:
+        length = int.from_bytes(data[pos + 28:pos + 30], 'little')
+        if data[pos + 46:pos + 46 + length] == member.encode():
+            data[pos + 8] |= 1
+        pos = data.find(b'PK\x01\x02', pos + 4)
+    Path(path).write_bytes(bytes(data))
+
+
+def no_reads(monkeypatch, *members):
+    """Fail the test if one of `members` is opened for reading in any zip."""
+    original = zipfile.ZipFile.open
+
+    def guarded(self, name, *args, **kwargs):
+        if getattr(name, 'filename', name) in members:
+            raise AssertionError(f'{name} was opened although its header should have refused it')
+        return original(self, name, *args, **kwargs)
+    monkeypatch.setattr(zipfile.ZipFile, 'open', guarded)
+
+
+def test_zip_members_are_checked_from_their_headers(tmp_path, monkeypatch):
+    from training import dataset
+    good = png_bytes(random_images(1)[0])
+    # A 3 GiB member (declared in the header): refused before a byte is decompressed, also as the
+    # first image (open time) and as dataset.json.
+    huge = zip_with(tmp_path / 'huge.zip', {'a.png': good, 'b.png': good})
+    set_declared_size(huge, 'b.png', 3 << 30)
+    first = zip_with(tmp_path / 'first.zip', {'a.png': good})
+    set_declared_size(first, 'a.png', 3 << 30)
+    meta = zip_with(tmp_path / 'meta.zip', {'a.png': good, 'dataset.json': b'{"labels": null}'})
+    set_declared_size(meta, 'dataset.json', dataset.MAX_DATASET_JSON_BYTES + 1)
+    ds = ImageFolderDataset(huge)
+    with monkeypatch.context() as m:
+        no_reads(m, 'a.png', 'b.png', 'dataset.json')
+        with pytest.raises(DatasetError, match=r"'b\.png' in .*huge\.zip' declares 3,221,225,472 bytes uncompressed"):
+            ds[1]
+        with pytest.raises(DatasetError, match=r"'a\.png' in .*first\.zip' declares"):
+            ImageFolderDataset(first)
+    with monkeypatch.context() as m:
+        no_reads(m, 'dataset.json')
+        with pytest.raises(DatasetError, match=r"'dataset\.json' in .*meta\.zip' declares 67,108,865 bytes"):
+            ImageFolderDataset(meta)
+
+    # More than deflate can compress (about 1032:1): the header lies.
+    ratio = zip_with(tmp_path / 'ratio.zip', {'a.png': good, 'b.png': good})
+    set_declared_size(ratio, 'b.png', 50_000_000)
+    # Stored members have one size; encrypted ones cannot be read.
+    stored = zip_with(tmp_path / 'stored.zip', {'a.png': good, 'b.png': good}, zipfile.ZIP_STORED)
+    set_declared_size(stored, 'b.png', 20)
+    locked = zip_with(tmp_path / 'locked.zip', {'a.png': good, 'b.png': good})
+    set_encrypted_flag(locked, 'b.png')
+    with monkeypatch.context() as m:
+        ratio_ds, stored_ds, locked_ds = ImageFolderDataset(ratio), ImageFolderDataset(stored), \
+            ImageFolderDataset(locked)
+        no_reads(m, 'b.png')
+        with pytest.raises(DatasetError, match=r"'b\.png' in .*ratio\.zip' declares a compression ratio of [0-9,]+:1, more than deflate"):
+            ratio_ds[1]
+        with pytest.raises(DatasetError, match=r"'b\.png' in .*stored\.zip' is stored uncompressed but its zip header"):
+            stored_ds[1]
+        with pytest.raises(DatasetError, match=r"'b\.png' in .*locked\.zip' is encrypted"):
+            locked_ds[1]
+
+    # A header that declares fewer bytes than the member holds: the CRC check names the member.
+    short = zip_with(tmp_path / 'short.zip', {'a.png': good, 'b.png': good})
+    set_declared_size(short, 'b.png', 20)
+    with pytest.raises(DatasetError, match=r"'b\.png' in .*short\.zip' cannot be extracted \(BadZipFile"):
+        ImageFolderDataset(short)[1]
+
+
+def test_zip_reads_are_bounded_even_past_the_header_check(tmp_path, monkeypatch):
+    # With the header check switched off, a member bigger than the cap is still never read whole:
+    # the reader stops one byte past the cap.
+    from training import dataset
+    good = png_bytes(random_images(1)[0])
+    bomb = zip_with(tmp_path / 'bomb.zip', {'a.png': good, 'b.png': bytes(4 << 20)})   # 4 MiB of zeros, ~4 kB
+    assert zipfile.ZipFile(bomb).getinfo('b.png').compress_size < 50_000
+    ds = ImageFolderDataset(bomb)
+    monkeypatch.setattr(dataset, 'MAX_IMAGE_BYTES', 1 << 20)
+    monkeypatch.setattr(dataset, '_check_zip_header', lambda *args: None)
+    asked = []
+    original_read = zipfile.ZipExtFile.read
+    monkeypatch.setattr(zipfile.ZipExtFile, 'read', lambda self, n=-1: asked.append(n) or original_read(self, n))
+    with pytest.raises(DatasetError, match=r"'b\.png' in .*bomb\.zip' does not hold the 4,194,304 bytes"):
+        ds[1]
+    assert asked == [(1 << 20) + 1]
+
+
+def test_folder_files_are_checked_before_reading(tmp_path):
+    from training import dataset
+    folder = Path(write_dataset(tmp_path / 'big', {'a.png': random_images(1)[0]}))
+    with open(folder / 'b.png', 'wb') as f:          # sparse: no disk space, but stat() says huge
+        f.truncate(dataset.MAX_IMAGE_BYTES + 1)
+    ds = ImageFolderDataset(folder)
+    with pytest.raises(DatasetError, match=r"big/b\.png' is 272,168,387 bytes, more than the 272,168,386 bytes"):
+        ds[1]
+    with open(folder / 'dataset.json', 'wb') as f:
+        f.truncate(dataset.MAX_DATASET_JSON_BYTES + 1)
+    with pytest.raises(DatasetError, match=r"big/dataset\.json' is 67,108,865 bytes"):
+        ImageFolderDataset(folder)
+    if hasattr(os, 'mkfifo'):                        # opening a FIFO would block forever
+        fifo = Path(write_dataset(tmp_path / 'fifo', {'a.png': random_images(1)[0]}))
+        os.mkfifo(fifo / 'b.png')
+        with pytest.raises(DatasetError, match=r"fifo/b\.png' is not a regular file"):
+            ImageFolderDataset(fifo)[1]
+        os.mkfifo(tmp_path / 'pipe.zip')
+        with pytest.raises(DatasetError, match=r"pipe\.zip' is neither a directory nor a regular file"):
+            ImageFolderDataset(tmp_path / 'pipe.zip')
+
+
+def png_header_only(width, height):
+    """A PNG whose IHDR claims width x height RGB pixels, with almost no pixel data."""
+    def chunk(kind, payload):
+        return (len(payload).to_bytes(4, 'big') + kind + payload +
+                zlib.crc32(kind + payload).to_bytes(4, 'big'))
+    ihdr = width.to_bytes(4, 'big') + height.to_bytes(4, 'big') + bytes([8, 2, 0, 0, 0])
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(bytes(100))) + \
+        chunk(b'IEND', b'')
+
+
+def test_decoded_images_are_bounded(tmp_path):
+    assert PIL.Image.MAX_IMAGE_PIXELS == 8192 * 8192           # set explicitly by training.dataset
+    good = random_images(1)[0]
+    bomb = write_dataset(tmp_path / 'bomb.zip', {'a.png': png_header_only(100000, 100000)})
+    with pytest.raises(DatasetError, match=r"'a\.png' in .*bomb\.zip' is larger than 8192x8192 pixels"):
+        ImageFolderDataset(bomb)
+    # Few pixels, but one side too long; and just below Pillow's error threshold (a warning there).
+    for size, name in (((2, 9000), 'wide'), ((8200, 8200), 'square')):
+        data = png_bytes(np.zeros(size, np.uint8)) if name == 'wide' else png_header_only(*size)
+        path = write_dataset(tmp_path / f'{name}.zip', {'a.png': good, 'b.png': data})
+        with pytest.raises(DatasetError, match=r"'b\.png' in .*(more than the 8192 pixels per side|larger than 8192x8192)"):
+            ImageFolderDataset(path)[1]
+
+
+def test_only_pixel_decoders_are_used(tmp_path):
+    # PostScript content under an image name must not reach Pillow's EPS plugin (which runs
+    # Ghostscript); .eps/.ps/.pdf files do not count as images at all.
+    eps = b'%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n'
+    path = write_dataset(tmp_path / 'ps', {'a.png': random_images(1)[0], 'b.png': eps, 'c.eps': eps, 'd.pdf': eps})
+    ds = ImageFolderDataset(path)
+    assert len(ds) == 2
+    with pytest.raises(DatasetError, match=r"ps/b\.png' is not a readable image"):
+        ds[1]
+    from training import dataset
+    assert {'.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif'} <= dataset.image_extensions()
+    assert not {'.eps', '.ps', '.pdf', '.txt'} & dataset.image_extensions()
+
+
+def test_channels_are_checked_when_the_dataset_opens(tmp_path):
+    rgba = np.dstack([random_images(1)[0], np.full((8, 8), 255, np.uint8)])
+    gray_alpha = np.dstack([random_images(1, channels=1)[0], np.full((8, 8), 255, np.uint8)])
+    for name, image, kind in (('rgba', rgba, 'RGBA'), ('la', gray_alpha, r'grayscale\+alpha')):
+        path = write_dataset(tmp_path / f'{name}.zip', {'a.png': image, 'b.png': random_images(1)[0]})
+        with pytest.raises(DatasetError, match=rf"'a\.png' in .*{name}\.zip' is 8x8 {kind}, but dataset images must "
+                                               rf"be grayscale or RGB"):
+            ImageFolderDataset(path)
+    later = write_dataset(tmp_path / 'later.zip', {'a.png': random_images(1)[0], 'b.png': rgba})
+    with pytest.raises(DatasetError, match=r"'b\.png' in .*later\.zip' is 8x8 RGBA but 'a\.png' .* is 8x8 RGB"):
+        ImageFolderDataset(later)[1]
+
+
+def test_errors_from_dataloader_workers_stay_one_sentence(tmp_path):
+    images = random_images(6)
+    files = {f'{i}.png': im for i, im in enumerate(images)}
+    files['4.png'] = b'not a png'
+    ds = ImageFolderDataset(write_dataset(tmp_path / 'late.zip', files))
+    with pytest.raises(DatasetError) as info:
+        list(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1))
+    assert str(info.value).startswith(f"'4.png' in '{tmp_path / 'late.zip'}' is not a readable image")
+    assert '\n' not in str(info.value) and 'Traceback' not in str(info.value)
+
+
+@pytest.mark.parametrize('kwargs,pattern', [
+    (dict(path=123), r'Dataset path 123 is not a text path'),
+    (dict(max_size=2, random_seed=-1), r"ok\.zip': random_seed=-1 must be an integer 0\.\.4294967295"),
+    (dict(max_size=2, random_seed=2 ** 40), r'random_seed=1099511627776 must be'),
+    (dict(max_size='3'), r"max_size='3' must be an integer >= 1"),
+    (dict(max_size=0), r'max_size=0 must be an integer >= 1'),
+    (dict(resolution='8'), r"resolution='8' must be an integer"),
+    (dict(use_labels='yes'), r"use_labels='yes' must be True, False or 'auto'"),
+])
+def test_constructor_options_are_checked(tmp_path, kwargs, pattern):
+    # training_set_kwargs can come from a pickle (calc_metrics.py without --data).
+    path = write_dataset(tmp_path / 'ok.zip', {f'{i}.png': im for i, im in enumerate(random_images(3))})
+    with pytest.raises(DatasetError, match=pattern):
+        ImageFolderDataset(**{'path': path, **kwargs})
+
+
+def test_dataset_class_is_registered():
+    from stylefreq.kwargs import registered_class
+    assert registered_class('training.dataset.ImageFolderDataset') is ImageFolderDataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,6 +739,25 @@ def test_convert_errors(tmp_path):
           '--dest', tmp_path / 'l.zip', match="no label for image 'b.png'")
     fails('--source', write_dataset(tmp_path / 'bad', {'a.png': a, 'b.png': b'junk'}), '--dest',
           tmp_path / 'b.zip', match="b.png' is not a readable image")
+
+
+def test_convert_refuses_hostile_sources_in_one_sentence(tmp_path):
+    good = png_bytes(random_images(1)[0])
+    huge = zip_with(tmp_path / 'huge.zip', {'a.png': good, 'b.png': good})
+    set_declared_size(huge, 'b.png', 3 << 30)
+    labels = write_dataset(tmp_path / 'lab', {'a.png': random_images(1)[0]}, labels=[['a.png', 10 ** 30]])
+    for args, message in [
+        (['--source', huge, '--dest', tmp_path / 'h.zip'], "'b.png' in '%s' declares 3,221,225,472 bytes" % huge),
+        (['--source', labels, '--dest', tmp_path / 'l.zip'], "class index of 'a.png' is a 31-digit number"),
+        (['--source', huge, '--dest', tmp_path / 'w.zip', '--width', 16384, '--height', 16384],
+         "'--width': 16384 is not in the range 1<=x<=8192"),
+    ]:
+        result = run_tool(*args)
+        output = ' '.join(result.output.split())
+        assert result.exit_code != 0 and message in output and 'Traceback' not in output, output
+    assert not list(tmp_path.glob('[hlw].zip*'))
+    result = run_tool('cosine', '--dest', tmp_path / 'c.zip', '--count', 10 ** 9)
+    assert result.exit_code == 2 and '10000000' in result.output
 
 
 # ---------------------------------------------------------------------------------------------

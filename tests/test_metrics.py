@@ -398,7 +398,7 @@ def test_specdisc(image_sets, cache_dir, tmp_path, monkeypatch):
     with PIL.Image.open(tmp_path / 'metric-specdisc1k.png') as im:
         im.verify()
     # Spectra of the reals are cached.
-    assert len(list((cache_dir / 'gan-metrics').glob('real-power-spectrum-*.pkl'))) == 1
+    assert len(list((cache_dir / 'gan-metrics').glob('real-power-spectrum-*.npz'))) == 1
 
 
 def test_gaussian_highpass_definition():
@@ -575,3 +575,88 @@ def test_calc_metrics_on_upstream_pickle(tmp_path):
     assert rec['snapshot_pkl'] == str(pkl) and np.isfinite(rec['results']['specdisc1k_all'])
     assert not marker.exists() and not (tmp_path / 'metric-specdisc1k.jsonl').exists()
     assert (tmp_path / 'metric-specdisc1k-upstream.png').is_file()      # no run directory: the cwd
+
+
+# ---------------------------------------------------------------------------------------------
+# calc_metrics.py on bad input: one sentence, no traceback
+
+
+def one_error_line(output):
+    assert 'Traceback' not in output, output
+    errors = [line for line in output.splitlines() if line.startswith('Error: ')]
+    assert len(errors) == 1, output
+    return errors[0]
+
+
+def test_calc_metrics_builds_only_registered_dataset_classes(trained_run, tmp_path):
+    """Without --data the dataset comes from the pickle's training_set_kwargs: a class name is
+    looked up in the registry of dataset classes, never imported or walked to, and nothing else
+    is built (a network class would allocate whatever its recorded sizes say)."""
+    from stylefreq import checkpoint
+    data = checkpoint.load_network_pkl(str(trained_run / 'network-snapshot-000000.pkl'), verbose=False)
+    marker = tmp_path / 'MARKER'
+    cases = {
+        'system': (dict(class_name='os.system', command=f'touch {marker}'), "dataset class 'os.system'"),
+        'walk': (dict(class_name='training.dataset.os.system', command=f'touch {marker}'),
+                 "dataset class 'training.dataset.os.system'"),
+        'network': (dict(class_name='training.networks.FullyConnectedLayer', in_features=23170, out_features=23170),
+                    "'training.networks.FullyConnectedLayer' in its training_set_kwargs, which is not a registered "
+                    "dataset class"),
+        'noname': (dict(path='builtin:blobs16'), 'dataset class None'),
+        'options': (dict(class_name='training.dataset.ImageFolderDataset', path='builtin:blobs16', shell='rm -rf'),
+                    'its options do not suit ImageFolderDataset'),
+        'badpath': (dict(class_name='training.dataset.ImageFolderDataset', path=['x']),
+                    "Dataset path ['x'] is not a text path"),
+        'empty': ({}, 'does not record its training data'),
+    }
+    runner = CliRunner()
+    for name, (recorded, message) in cases.items():
+        pkl = tmp_path / f'{name}.pkl'
+        checkpoint.save_network_pkl(pkl, dict(data, training_set_kwargs=recorded))
+        res = runner.invoke(calc_metrics.calc_metrics, ['--metrics=specdisc1k', f'--network={pkl}'])
+        line = one_error_line(res.output)
+        assert res.exit_code == 2 and str(pkl) in line and message in line and '--data' in line, (name, line)
+    assert not marker.exists()
+
+
+def test_calc_metrics_bad_input_is_one_sentence(trained_run, tmp_path, http_file_server):
+    pkl = str(trained_run / 'network-snapshot-000000.pkl')
+    images = np.random.RandomState(0).randint(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
+    folder = pathlib.Path(write_folder(tmp_path / 'late', images))
+    (folder / '0002.png').write_bytes(b'not an image')        # the dataset opens; reading it fails later
+    runner = CliRunner()
+    cases = [
+        ([f'--network={pkl}', f'--data={folder}'], 1, f"'{folder / '0002.png'}' is not a readable image"),
+        ([f'--images={folder}', '--data=builtin:blobs16'], 1, f"'{folder / '0002.png'}' is not a readable image"),
+        (['--network=ftp://example.org/net.pkl'], 2, "unsupported URL scheme 'ftp'"),
+        ([f'--network={http_file_server.url("status/404")}'], 2, 'HTTP 404'),
+        ([f'--network={tmp_path}'], 2, 'is a directory'),
+        ([f'--network={pkl}', '--data=builtin:blobs32'], 2, 'resolution=16 was asked for'),
+        ([f'--network={pkl}', '--metrics=specdisc1k,'], 2, 'unknown metric (empty); valid:'),
+        ([f'--network={pkl}', '--gpus=0'], 2, '0 processes cannot compute anything'),
+    ]
+    with pytest.MonkeyPatch.context() as mp, single_thread():
+        mp.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+        mp.setattr(torch.cuda, 'is_available', lambda: False)
+        for args, code, message in cases:
+            if not any(a.startswith('--metrics') for a in args):
+                args = ['--metrics=specdisc1k', *args]
+            res = runner.invoke(calc_metrics.calc_metrics, args)
+            line = one_error_line(res.output)
+            assert res.exit_code == code and message in line, (args, res.output)
+
+
+def test_calc_metrics_bad_image_in_one_of_two_processes(trained_run, tmp_path):
+    """A corrupt image read by one spawned process: the others then fail in their collectives, and
+    the launching process still prints the one sentence that explains it."""
+    images = np.random.RandomState(0).randint(0, 256, size=(70, 16, 16, 3), dtype=np.uint8)
+    folder = pathlib.Path(write_folder(tmp_path / 'late', images))
+    (folder / '0066.png').write_bytes(b'not an image')        # global batch 1: the second process reads it
+    proc = subprocess.run([sys.executable, str(REPO / 'calc_metrics.py'), '--metrics=specdisc1k',
+                           f'--network={trained_run / "network-snapshot-000000.pkl"}', f'--data={folder}', '--gpus=2',
+                           '--verbose=false'], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), DNNLIB_CACHE_DIR=str(tmp_path / 'cache'),
+                                   CUDA_VISIBLE_DEVICES=''))
+    assert proc.returncode == 1
+    line = one_error_line(proc.stdout + proc.stderr)
+    assert f"'{folder / '0066.png'}' is not a readable image" in line, line

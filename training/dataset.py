@@ -1,544 +1,674 @@
-"""Training data with StyleGAN2-ADA's dataset interface (research/upstream.md section 1).
+"""Image datasets in StyleGAN2-ADA's format: a folder or a zip of same-size images plus an optional
+`dataset.json` ({"labels": [[relative_path, label], ...] | null, ...other records}), and the
+procedural `builtin:<name>` datasets of training/synthetic.py.
 
-`ImageFolderDataset(path, ...)` reads
-- a directory of images (searched recursively; png, jpg and anything else Pillow opens),
-- a .zip of the same (what `dataset_tool.py` writes: 00000/img00000000.png, ...),
-- `builtin:<name>`, procedural data generated on the fly (training/synthetic.py), so a demo or a
-  test needs no file. `builtin:blobs32` is 512 RGB 32x32 images in 4 classes; see
-  `synthetic.blobs_image`.
+Two layers:
+  * an ImageSource lists the image files of a folder, zip or built-in set, reads one of them as an
+    [H, W, C] uint8 array (alpha kept; dataset_tool.py decides what to do with it) and reads
+    dataset.json. It is what dataset_tool.py converts from.
+  * Dataset / ImageFolderDataset give the training loop and the metrics what upstream's classes
+    give them: CHW uint8 images, float32 labels (class indices become one-hot vectors), an
+    optional random subset (`max_size`) and x-flipped copies (`xflip`).
 
-Items are `(image, label)`: a uint8 CHW numpy image (grayscale has one channel) and a float32
-label vector (length 0 without labels). Labels come from an optional `dataset.json` at the root,
-`{"labels": [[relative_path, label], ...]}`: an int label is a class index, returned one-hot; a
-list of numbers is returned as a float vector. Other keys of dataset.json (e.g. "cosine", written
-by `dataset_tool.py cosine`) are exposed as `dataset.metadata`.
-
-`max_size` keeps a random subset chosen with `random_seed` and `xflip` then appends a mirrored copy
-of every image, in that order and with the same random draw as upstream, so a stored
-`training_set_kwargs` selects the same images here as there.
-
-`use_labels` is False (no labels), True (labels required: missing ones are an error) or 'auto'
-(labels if dataset.json has them). Front ends that probe a dataset to find out whether it has
-labels use 'auto'.
-
-Every problem with the data raises `DatasetError`, one sentence naming the file. What is cheap is
-checked when the dataset is opened (the first image's size and shape, all labels); every other
-image is checked when it is read.
+A dataset is hostile until checked: every member is size-checked from its header or stat() before
+a byte is read, reads are bounded even when a header lies, decoded images are at most
+MAX_RESOLUTION pixels a side, and labels are checked for kind, range and finiteness as soon as the
+dataset opens. Every problem is a DatasetError whose message is one sentence naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import math
 import os
+import stat
+import warnings
 import zipfile
 
 import numpy as np
 import PIL.Image
 import torch
 
-from stylefreq.kwargs import EasyDict
+from stylefreq.kwargs import EasyDict, register_class
 from training import synthetic
 
 BUILTIN_PREFIX = 'builtin:'
 
+# ---------------------------------------------------------------------------------------------
+# Limits. They bound what one file can make us read or allocate; nothing a real dataset needs is
+# near them.
+
+MAX_RESOLUTION = 8192                                   # pixels per side of any image read
+# An uncompressed 8-bit RGBA image of the largest size, plus room for container overhead (PNG row
+# filters, zlib stored blocks, TIFF/BMP headers, embedded profiles).
+MAX_IMAGE_BYTES = MAX_RESOLUTION * MAX_RESOLUTION * 4 * 101 // 100 + (1 << 20)
+MAX_DATASET_JSON_BYTES = 64 << 20                       # ~1.5 million labelled images
+MAX_LABEL_DIM = 1 << 20                                 # class indices 0..2^20-1; vector width
+# Deflate cannot shrink data by more than about 1032:1, so a header claiming more is a lie.
+MAX_DEFLATE_RATIO = 1100
+
+# Decoders for formats that only decode pixels. Pillow would otherwise pick a plugin by content,
+# and some (EPS/PS) hand the file to an external program.
+SAFE_FORMATS = ('PNG', 'JPEG', 'BMP', 'DIB', 'GIF', 'TIFF', 'WEBP', 'PPM', 'TGA', 'JPEG2000', 'ICO',
+                'PCX', 'SGI', 'QOI')
+
+# Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; decode_image turns the warning
+# into an error too, so nothing larger than MAX_RESOLUTION^2 pixels is ever decoded.
+PIL.Image.MAX_IMAGE_PIXELS = MAX_RESOLUTION * MAX_RESOLUTION
+
 
 class DatasetError(ValueError):
-    """Data that cannot be used as given; the message is one sentence naming the file."""
+    """A dataset cannot be used as asked; the message is one sentence naming the file."""
+
+    def __init__(self, message=''):
+        super().__init__(_original_sentence(str(message), type(self)))
 
 
-def image_extensions() -> frozenset[str]:
-    """Lower-case file extensions (with the dot) that Pillow can open."""
-    PIL.Image.init()
-    return frozenset(ext for ext, fmt in PIL.Image.registered_extensions().items() if fmt in PIL.Image.OPEN)
+def _original_sentence(text: str, cls: type) -> str:
+    # torch's DataLoader re-raises a worker's exception as `cls(text)` where text is the whole
+    # worker traceback; the sentence users need is what the worker raised.
+    if not text.startswith(f'Caught {cls.__name__} '):
+        return text
+    marker = f'{cls.__module__}.{cls.__qualname__}: '
+    for line in reversed(text.splitlines()):
+        if line.startswith(marker):
+            return line[len(marker):]
+    return text
 
+
+# ---------------------------------------------------------------------------------------------
+# Image files.
 
 _CHANNEL_NAMES = {1: 'grayscale', 2: 'grayscale+alpha', 3: 'RGB', 4: 'RGBA'}
 
+# Pillow modes read as one of L, LA, RGB, RGBA (8 bits per channel).
+_MODE_TARGETS = {
+    'L': 'L', 'LA': 'LA', 'RGB': 'RGB', 'RGBA': 'RGBA',
+    '1': 'L', 'La': 'LA', 'PA': 'RGBA', 'RGBa': 'RGBA',
+    'RGBX': 'RGB', 'CMYK': 'RGB', 'YCbCr': 'RGB', 'LAB': 'RGB', 'HSV': 'RGB',
+}
+_DEEP_MODES = {'I;16': 16, 'I;16L': 16, 'I;16B': 16, 'I;16N': 16, 'I': 32, 'F': 32}
+
+
+def image_extensions() -> frozenset:
+    """Lower-case file extensions (with the dot) that count as images in a folder or zip."""
+    return frozenset(ext for ext, fmt in PIL.Image.registered_extensions().items() if fmt in SAFE_FORMATS)
+
 
 def describe_shape(shape) -> str:
-    """[C, H, W] -> '64x64 RGB' for messages."""
-    c, h, w = shape
-    return f'{w}x{h} {_CHANNEL_NAMES.get(c, f"{c}-channel")}'
+    """(C, H, W) -> '256x256 RGB'."""
+    channels, height, width = shape
+    return f'{width}x{height} {_CHANNEL_NAMES.get(channels, f"{channels}-channel")}'
 
 
-# ---------------------------------------------------------------------------------------------
-# Decoding.
-
-# Pillow modes that are 8-bit per channel but not laid out as L/LA/RGB/RGBA; converting them keeps
-# every pixel value (a palette image read as-is would give palette indices, not colours).
-_MODE_CONVERSIONS = {'1': 'L', 'PA': 'RGBA', 'La': 'LA', 'RGBa': 'RGBA', 'RGBX': 'RGB',
-                     'CMYK': 'RGB', 'YCbCr': 'RGB', 'LAB': 'RGB', 'HSV': 'RGB'}
+def archive_name(idx: int) -> str:
+    """Member name of image `idx` in upstream's layout: 00000/img00000000.png, 00001/img00001000.png, ..."""
+    return f'{idx // 1000:05d}/img{idx:08d}.png'
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
-    """Encoded image bytes -> [H, W, C] uint8 with C = 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA)."""
+    """Encoded image bytes -> [H, W, C] uint8 with C in 1..4 (palettes expanded, alpha kept)."""
     try:
-        with PIL.Image.open(io.BytesIO(data)) as image:
-            image.load()
-            mode = image.mode
-            if mode == 'P':
-                image = image.convert('RGBA' if 'transparency' in image.info else 'RGB')
-            elif mode in _MODE_CONVERSIONS:
-                image = image.convert(_MODE_CONVERSIONS[mode])
-            elif mode not in ('L', 'LA', 'RGB', 'RGBA'):
-                raise DatasetError(f'{where} has pixel mode {mode!r} (16-bit or float); only 8-bit grayscale '
-                                   f'and colour images are supported.')
-            array = np.asarray(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(io.BytesIO(data), formats=SAFE_FORMATS) as image:
+                width, height = image.size
+                if max(width, height) > MAX_RESOLUTION:
+                    raise DatasetError(f'{where} is {width}x{height} pixels, more than the {MAX_RESOLUTION} '
+                                       f'pixels per side that stylefreq reads.')
+                image.load()
+                pixels = _to_8bit_array(image, where)
     except DatasetError:
         raise
-    except Exception as exc:  # noqa: BLE001 - corrupt files raise anything from OSError to struct.error
-        raise DatasetError(f'{where} is not a readable image ({type(exc).__name__}: {exc}).') from None
-    return array[:, :, np.newaxis] if array.ndim == 2 else array
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        raise DatasetError(f'{where} is larger than {MAX_RESOLUTION}x{MAX_RESOLUTION} pixels, the most stylefreq '
+                           f'reads.') from None
+    except Exception as exc:  # a decoder fed hostile bytes can fail in any way; all mean "unreadable"
+        detail = ' '.join(f'{type(exc).__name__}: {exc}'.split())
+        raise DatasetError(f'{where} is not a readable image ({detail}).') from None
+    return pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+
+
+def _to_8bit_array(image: PIL.Image.Image, where: str) -> np.ndarray:
+    mode = image.mode
+    if mode in _DEEP_MODES:
+        raise DatasetError(f'{where} is a {_DEEP_MODES[mode]}-bit image (Pillow mode {mode}); datasets hold '
+                           f'8-bit grayscale or RGB images.')
+    if mode == 'P':
+        target = 'RGBA' if 'transparency' in image.info else 'RGB'
+    else:
+        target = _MODE_TARGETS.get(mode)
+    if target is None:
+        raise DatasetError(f'{where} has the unsupported Pillow mode {mode}; datasets hold 8-bit grayscale or '
+                           f'RGB images.')
+    if target != mode:
+        image = image.convert(target)
+    return np.asarray(image, dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
-# Image sources: where the images and dataset.json come from. Shared with dataset_tool.py, which
-# reads sources whose images need not agree in size yet.
+# Sources: where the image files come from.
+
+
+def _read_capped(stream, cap: int) -> bytes | None:
+    """Up to `cap` bytes of `stream`; None when it holds more (whatever any header said)."""
+    data = stream.read(cap + 1)
+    return None if len(data) > cap else data
+
+
+def _json_object(data: bytes, where: str) -> dict:
+    try:
+        meta = json.loads(data.decode('utf-8'))
+    except RecursionError:
+        raise DatasetError(f'{where} is not valid JSON (nested too deeply).') from None
+    except ValueError as exc:   # JSONDecodeError, UnicodeDecodeError, over-long integers
+        raise DatasetError(f'{where} is not valid JSON ({exc}).') from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f'{where} must hold a JSON object such as {{"labels": ...}}, not a '
+                           f'{type(meta).__name__}.')
+    return meta
 
 
 class ImageSource:
-    """A sorted list of image names (POSIX relative paths) plus an optional dataset.json."""
+    """The image files of one dataset location, in sorted relative-path order (upstream's order).
+
+    `image_names`: member names with '/' separators; `read_image(idx)`: [H, W, C] uint8;
+    `read_dataset_json()`: the parsed dataset.json, or None when there is none;
+    `describe(member)`: how messages name a member.
+    """
 
     path: str
-    name: str                # dataset name: file name without extension
-    image_names: list[str]
+    image_names: list
 
     def describe(self, member: str) -> str:
-        """How messages name a file of this source."""
-        raise NotImplementedError
+        return f"'{member}' in '{self.path}'"
 
     def read_image(self, idx: int) -> np.ndarray:
-        """Image `idx` as [H, W, C] uint8."""
-        raise NotImplementedError
+        name = self.image_names[idx]
+        where = self.describe(name)
+        return decode_image(self._read_member(name, MAX_IMAGE_BYTES, where), where)
 
     def read_dataset_json(self) -> dict | None:
-        """The parsed dataset.json, or None when there is none."""
-        raise NotImplementedError
+        if not self._has_member('dataset.json'):
+            return None
+        where = self.describe('dataset.json')
+        return _json_object(self._read_member('dataset.json', MAX_DATASET_JSON_BYTES, where), where)
 
     def close(self):
         pass
 
-    def _check_not_empty(self):
-        if not self.image_names:
-            raise DatasetError(f"Dataset '{self.path}' holds no image files (looked for .png, .jpg and the "
-                               f"other formats Pillow opens).")
+    # What a file-backed source provides.
+    def _has_member(self, member: str) -> bool:
+        raise NotImplementedError
 
-    def _parse_json(self, data: bytes) -> dict:
-        where = self.describe('dataset.json')
-        try:
-            meta = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DatasetError(f'{where} is not valid JSON ({exc}).') from None
-        if not isinstance(meta, dict):
-            raise DatasetError(f'{where} must hold a JSON object such as {{"labels": [...]}}, '
-                               f'not a {type(meta).__name__}.')
-        return meta
+    def _read_member(self, member: str, cap: int, where: str) -> bytes:
+        raise NotImplementedError
+
+    def _require_images(self):
+        if not self.image_names:
+            known = ', '.join(sorted(image_extensions()))
+            raise DatasetError(f"'{self.path}' holds no image files (looked for {known}).")
 
 
 class FolderSource(ImageSource):
+    """Every image file under a directory (symlinked directories are not followed, as upstream)."""
+
     def __init__(self, path: str):
         self.path = path
-        self.name = os.path.basename(os.path.normpath(path))
-        exts = image_extensions()
+        extensions = image_extensions()
         names = []
-        for root, _dirs, files in os.walk(path):
-            for fname in files:
-                if os.path.splitext(fname)[1].lower() in exts:
-                    names.append(os.path.relpath(os.path.join(root, fname), path).replace(os.sep, '/'))
+        for parent, _dirs, files in os.walk(path):
+            rel = os.path.relpath(parent, path)
+            for file in files:
+                if os.path.splitext(file)[1].lower() in extensions:
+                    names.append(file if rel == '.' else '/'.join([*rel.split(os.sep), file]))
         self.image_names = sorted(names)
-        self._check_not_empty()
+        self._require_images()
 
-    def describe(self, member):
-        return f"'{os.path.join(self.path, *member.split('/'))}'"
+    def _file(self, member: str) -> str:
+        return os.path.join(self.path, *member.split('/'))
 
-    def _read(self, member: str) -> bytes:
+    def describe(self, member: str) -> str:
+        return f"'{self._file(member)}'"
+
+    def _has_member(self, member: str) -> bool:
+        return os.path.isfile(self._file(member))
+
+    def _read_member(self, member: str, cap: int, where: str) -> bytes:
+        file = self._file(member)
         try:
-            with open(os.path.join(self.path, *member.split('/')), 'rb') as f:
-                return f.read()
+            info = os.stat(file)
+            if not stat.S_ISREG(info.st_mode):
+                raise DatasetError(f'{where} is not a regular file.')
+            if info.st_size > cap:
+                raise DatasetError(f'{where} is {info.st_size:,} bytes, more than the {cap:,} bytes allowed for it.')
+            with open(file, 'rb') as f:
+                data = _read_capped(f, cap)
         except OSError as exc:
-            raise DatasetError(f'{self.describe(member)} cannot be read ({exc.strerror}).') from None
-
-    def read_image(self, idx):
-        member = self.image_names[idx]
-        return decode_image(self._read(member), self.describe(member))
-
-    def read_dataset_json(self):
-        if not os.path.isfile(os.path.join(self.path, 'dataset.json')):
-            return None
-        return self._parse_json(self._read('dataset.json'))
+            raise DatasetError(f'{where} cannot be read ({exc.strerror or exc}).') from None
+        if data is None:
+            raise DatasetError(f'{where} grew past the {cap:,} bytes allowed for it while being read.')
+        return data
 
 
 class ZipSource(ImageSource):
+    """Every image member of a zip archive. The archive is opened lazily and once per process: a
+    handle inherited through fork shares its file offset with the parent."""
+
     def __init__(self, path: str):
         self.path = path
-        self.name = os.path.splitext(os.path.basename(path))[0]
-        self._zipfile = None
-        self._zip_pid = None
-        exts = image_extensions()
-        self._members = set(self._zip().namelist())
-        # __MACOSX/ holds Finder resource forks ('._img.png') that are not images.
-        self.image_names = sorted(m for m in self._members if os.path.splitext(m)[1].lower() in exts
-                                  and not m.startswith('__MACOSX/'))
-        self._check_not_empty()
+        self._archive = None
+        self._owner_pid = None
+        try:
+            infos = self._zip().infolist()
+        except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+            self.close()
+            raise DatasetError(f"'{path}' is not a readable zip archive ({exc}).") from None
+        self._members = {info.filename: info for info in infos if not info.is_dir()}
+        extensions = image_extensions()
+        self.image_names = sorted(name for name in self._members
+                                  if os.path.splitext(name)[1].lower() in extensions)
+        self._require_images()
 
     def _zip(self) -> zipfile.ZipFile:
-        # Re-open in every process: a handle inherited through fork shares its file offset with the
-        # parent, so concurrent reads from DataLoader workers would interleave and corrupt each other.
-        if self._zipfile is None or self._zip_pid != os.getpid():
-            try:
-                self._zipfile = zipfile.ZipFile(self.path)
-            except (OSError, zipfile.BadZipFile) as exc:
-                raise DatasetError(f"'{self.path}' is not a readable zip archive ({exc}).") from None
-            self._zip_pid = os.getpid()
-        return self._zipfile
+        if self._archive is None or self._owner_pid != os.getpid():
+            self._archive = zipfile.ZipFile(self.path)
+            self._owner_pid = os.getpid()
+        return self._archive
 
-    def describe(self, member):
-        return f"'{member}' in '{self.path}'"
+    def _has_member(self, member: str) -> bool:
+        return member in self._members
 
-    def _read(self, member: str) -> bytes:
+    def _read_member(self, member: str, cap: int, where: str) -> bytes:
+        info = self._members[member]
+        _check_zip_header(info, cap, where)
         try:
-            return self._zip().read(member)
-        except (OSError, zipfile.BadZipFile, KeyError) as exc:
-            raise DatasetError(f'{self.describe(member)} cannot be read from the archive ({exc}).') from None
-
-    def read_image(self, idx):
-        member = self.image_names[idx]
-        return decode_image(self._read(member), self.describe(member))
-
-    def read_dataset_json(self):
-        if 'dataset.json' not in self._members:
-            return None
-        return self._parse_json(self._read('dataset.json'))
+            with self._zip().open(info) as f:
+                data = _read_capped(f, cap)
+        except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError, ValueError) as exc:
+            # zlib/CRC errors, unsupported compression methods, encryption
+            detail = ' '.join(f'{type(exc).__name__}: {exc}'.split())
+            raise DatasetError(f'{where} cannot be extracted ({detail}).') from None
+        if data is None or len(data) != info.file_size:
+            raise DatasetError(f'{where} does not hold the {info.file_size:,} bytes its zip header declares.')
+        return data
 
     def close(self):
-        if self._zipfile is not None and self._zip_pid == os.getpid():
-            self._zipfile.close()
-        self._zipfile = None
+        if self._archive is not None and self._owner_pid == os.getpid():
+            self._archive.close()
+        self._archive = None
 
     def __getstate__(self):
-        return dict(self.__dict__, _zipfile=None, _zip_pid=None)
+        return dict(self.__dict__, _archive=None, _owner_pid=None)
+
+
+def _check_zip_header(info: zipfile.ZipInfo, cap: int, where: str):
+    """Refuse a member from its central-directory entry, before any decompression."""
+    size, packed = info.file_size, info.compress_size
+    if info.flag_bits & 0x1:
+        raise DatasetError(f'{where} is encrypted.')
+    if size > cap:
+        raise DatasetError(f'{where} declares {size:,} bytes uncompressed, more than the {cap:,} bytes allowed '
+                           f'for it.')
+    if info.compress_type == zipfile.ZIP_STORED and packed != size:
+        raise DatasetError(f'{where} is stored uncompressed but its zip header gives two sizes ({packed:,} and '
+                           f'{size:,} bytes).')
+    if info.compress_type == zipfile.ZIP_DEFLATED and size > MAX_DEFLATE_RATIO * max(packed, 1):
+        raise DatasetError(f'{where} declares a compression ratio of {size / max(packed, 1):,.0f}:1, more than '
+                           f'deflate can reach.')
 
 
 class BuiltinSource(ImageSource):
-    """'builtin:<name>': images generated on demand, named like dataset_tool's output."""
+    """A procedural dataset ('builtin:blobs32'): images in upstream's archive layout, class labels and
+    the generator's description in dataset.json."""
 
     def __init__(self, path: str):
         self.path = path
-        self.name = path[len(BUILTIN_PREFIX):]
         try:
-            self._data = synthetic.builtin_data(self.name)
+            self._data = synthetic.builtin_data(path[len(BUILTIN_PREFIX):])
         except ValueError as exc:
-            raise DatasetError(f'{str(exc)[0].upper()}{str(exc)[1:]}.') from None
+            raise DatasetError(f'{exc}.') from None
         self.image_names = [archive_name(i) for i in range(self._data.count)]
 
-    def describe(self, member):
-        return f"'{member}' of '{self.path}'"
-
-    def read_image(self, idx):
+    def read_image(self, idx: int) -> np.ndarray:
         return self._data.image(idx)
 
-    def read_dataset_json(self):
-        return {'labels': [[n, self._data.label(i)] for i, n in enumerate(self.image_names)],
-                'builtin': self._data.description}
-
-
-def archive_name(idx: int) -> str:
-    """Upstream's layout: 1000 images per folder, '00000/img00000000.png'."""
-    s = f'{idx:08d}'
-    return f'{s[:5]}/img{s}.png'
+    def read_dataset_json(self) -> dict:
+        labels = [[name, self._data.label(i)] for i, name in enumerate(self.image_names)]
+        return {'labels': labels, 'builtin': dict(self._data.description)}
 
 
 def open_image_source(path) -> ImageSource:
-    """A folder, a .zip or 'builtin:<name>'; DatasetError when it is none of those or has no images."""
-    path = os.fspath(path)
+    """The ImageSource for a folder, a .zip archive or 'builtin:<name>'."""
+    given = path
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        path = None
+    if not isinstance(path, str):
+        raise DatasetError(f'Dataset path {repr(given)[:80]} is not a text path.')
     if path.startswith(BUILTIN_PREFIX):
         return BuiltinSource(path)
-    if os.path.isdir(path):
-        return FolderSource(path)
     if not os.path.exists(path):
         raise DatasetError(f"Dataset path '{path}' does not exist.")
-    if os.path.splitext(path)[1].lower() != '.zip':
-        raise DatasetError(f"Dataset path '{path}' is neither a directory nor a .zip archive "
-                           f"(nor {synthetic.builtin_names()}).")
-    return ZipSource(path)
+    if os.path.isdir(path):
+        return FolderSource(path)
+    if not os.path.isfile(path):     # a FIFO or device would block or never end
+        raise DatasetError(f"Dataset path '{path}' is neither a directory nor a regular file.")
+    if os.path.splitext(path)[1].lower() == '.zip':
+        return ZipSource(path)
+    raise DatasetError(f"Dataset path '{path}' is neither a directory nor a .zip archive.")
 
 
 # ---------------------------------------------------------------------------------------------
-# Labels.
+# Labels in dataset.json.
+
+
+def _json_text(value, limit=60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
 def label_table(entries, where: str) -> dict | None:
-    """dataset.json's "labels" value -> {relative_path: label}, or None for null/absent."""
+    """dataset.json's "labels" -> {relative_path: raw JSON label}, or None when it is null."""
     if entries is None:
         return None
     if not isinstance(entries, list):
-        raise DatasetError(f'"labels" in {where} must be a list of [relative_path, label] pairs or null, '
-                           f'not a {type(entries).__name__}.')
+        raise DatasetError(f'"labels" in {where} must be a list of [relative_path, label] entries or null, not a '
+                           f'{type(entries).__name__}.')
     table = {}
     for entry in entries:
         if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
-            raise DatasetError(f'{where} has the labels entry {json.dumps(entry)[:60]}, but each entry must be '
-                               f'[relative_path, label].')
-        table[entry[0].replace('\\', '/')] = entry[1]
+            raise DatasetError(f'{where}: each entry must be [relative_path, label], but one is {_json_text(entry)}.')
+        name = entry[0].replace('\\', '/')
+        if name in table:
+            raise DatasetError(f"{where} gives image '{name}' more than one label.")
+        table[name] = entry[1]
     return table
 
 
-def parse_labels(table: dict, image_names: list[str], where: str) -> np.ndarray:
-    """Labels in image order: int64 [N] class indices or float32 [N, D] vectors."""
-    kind = first = None
-    values = []
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _class_index(value, name: str, where: str) -> int:
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise DatasetError(f"{where}: the class index of '{name}' is {_json_text(value)}, not a whole number.")
+        value = int(value)
+    if not 0 <= value < MAX_LABEL_DIM:
+        shown = value if abs(value) < 10 ** 30 else f'a {len(str(abs(value)))}-digit number'
+        raise DatasetError(f"{where}: the class index of '{name}' is {shown}, outside 0..{MAX_LABEL_DIM - 1}.")
+    return value
+
+
+def _label_vector(value: list, name: str, where: str) -> list:
+    if not 1 <= len(value) <= MAX_LABEL_DIM:
+        raise DatasetError(f"{where}: the label vector of '{name}' has length {len(value)}; it must have 1 to "
+                           f"{MAX_LABEL_DIM} numbers.")
+    if not all(_is_number(v) for v in value):
+        raise DatasetError(f"{where}: the label vector of '{name}' holds something other than numbers.")
+    if not all(math.isfinite(v) for v in value):   # also catches ints too large for a float
+        raise DatasetError(f"{where}: the label vector of '{name}' holds a non-finite number (NaN or infinity).")
+    return value
+
+
+def parse_labels(table: dict, image_names: list, where: str) -> np.ndarray:
+    """The labels of `image_names` from a label_table: int64 [N] class indices, or float32 [N, D]
+    vectors. Checks that every image has one, of one kind, in range and finite."""
+    labels, kind, first_name = [], None, None
     for name in image_names:
         if name not in table:
             raise DatasetError(f"{where} has no label for image '{name}'.")
         value = table[name]
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            this_kind = 'class-index'
-        elif (isinstance(value, list) and value
-              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-            this_kind = 'vector'
-        else:
-            raise DatasetError(f"{where} gives image '{name}' the label {json.dumps(value)[:40]}, but a label "
-                               f"must be a class index (an integer >= 0) or a non-empty list of numbers.")
+        this_kind = 'class' if _is_number(value) else 'vector' if isinstance(value, list) else None
+        if this_kind is None:
+            raise DatasetError(f"{where}: the label of '{name}', {_json_text(value)}, is neither a class index "
+                               f"(an integer) nor a list of numbers.")
         if kind is None:
-            kind, first = this_kind, name
+            kind, first_name = this_kind, name
         elif this_kind != kind:
-            raise DatasetError(f"{where} mixes label kinds: image '{first}' has a {kind} label but "
-                               f"'{name}' has a {this_kind} label.")
-        elif kind == 'vector' and len(value) != len(table[first]):
-            raise DatasetError(f"{where} gives image '{name}' a label of length {len(value)} but "
-                               f"'{first}' one of length {len(table[first])}; vector labels must all "
-                               f"have the same length.")
-        values.append(value)
-    return np.array(values, dtype=np.int64 if kind == 'class-index' else np.float32)
+            raise DatasetError(f"{where} mixes label kinds: '{first_name}' has a {kind} label but '{name}' has a "
+                               f"{this_kind} label.")
+        if kind == 'class':
+            labels.append(_class_index(value, name, where))
+            continue
+        labels.append(_label_vector(value, name, where))
+        if len(value) != len(labels[0]):
+            raise DatasetError(f"{where}: the label vector of '{name}' has length {len(value)} but that of "
+                               f"'{first_name}' has length {len(labels[0])}; all must be equally long.")
+    if kind == 'class':
+        return np.array(labels, dtype=np.int64)
+    with np.errstate(over='ignore'):
+        vectors = np.array(labels, dtype=np.float32).reshape(len(labels), -1)
+    if not np.isfinite(vectors).all():
+        raise DatasetError(f'{where} has a label value too large for float32.')
+    return vectors
 
 
 # ---------------------------------------------------------------------------------------------
 # Datasets.
 
 
-class Dataset(torch.utils.data.Dataset):
-    """Upstream's dataset base: max_size subset, xflip doubling, labels, and the image contract.
+def _check_label_array(labels, count: int, owner: str) -> np.ndarray:
+    """Raw labels from a subclass: int [N] class indices or float [N, D] vectors, in range."""
+    labels = np.asarray(labels)
+    if labels.shape[:1] != (count,):
+        raise DatasetError(f'{owner}: expected labels for {count} images, got an array of shape {list(labels.shape)}.')
+    if np.issubdtype(labels.dtype, np.integer) and labels.ndim == 1:
+        if count and not (labels.min() >= 0 and labels.max() < MAX_LABEL_DIM):
+            raise DatasetError(f'{owner}: class indices must lie in 0..{MAX_LABEL_DIM - 1}.')
+        return labels.astype(np.int64)
+    if np.issubdtype(labels.dtype, np.floating) and labels.ndim == 2 and labels.shape[1] <= MAX_LABEL_DIM:
+        labels = labels.astype(np.float32)
+        if not np.isfinite(labels).all():
+            raise DatasetError(f'{owner}: label vectors must be finite.')
+        return labels
+    raise DatasetError(f'{owner}: labels must be integer class indices [N] or float vectors [N, D], got '
+                       f'{labels.dtype} of shape {list(labels.shape)}.')
 
-    Subclasses implement `_load_raw_image(raw_idx) -> uint8 CHW` and `_load_raw_labels() ->
-    int64 [N] | float32 [N, D] | None`, as in upstream, so datasets written for it plug in here.
+
+def _optional_int(value, what: str, owner: str, low: int, high: int | None = None):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or \
+            (high is not None and value > high):
+        bound = f'{low}..{high}' if high is not None else f'>= {low}'
+        raise DatasetError(f'{owner}: {what}={value!r} must be an integer {bound}.')
+    return int(value)
+
+
+class Dataset(torch.utils.data.Dataset):
+    """Base of the datasets the training loop and the metrics use (upstream's interface).
+
+    Subclasses describe raw images [C, H, W] uint8 by index through `_load_raw_image(raw_idx)`
+    and, when `use_labels`, raw labels through `_load_raw_labels()` (int [N] class indices or
+    float [N, D] vectors). This class picks the optional subset (`max_size`, drawn with
+    `random_seed`), appends x-flipped copies (`xflip`) and turns class indices into one-hot labels.
     """
 
-    def __init__(self,
-        name: str,                  # Name of the dataset (used in run directory names).
-        raw_shape,                  # [N, C, H, W] of the raw images.
-        max_size: int | None = None,  # Keep a random subset of at most this many images; None = all.
-        use_labels=False,           # False, True (labels required) or 'auto' (labels if present).
-        xflip: bool = False,        # Append a horizontally mirrored copy of every image.
-        random_seed: int = 0,       # Seed of the max_size subset.
-    ):
-        if use_labels not in (False, True, 'auto'):
-            raise ValueError(f"use_labels must be False, True or 'auto', not {use_labels!r}")
-        if max_size is not None and max_size < 1:
-            raise ValueError(f'max_size must be at least 1 or None, not {max_size!r}')
+    def __init__(self, name: str, raw_shape, max_size: int | None = None, use_labels=False, xflip: bool = False,
+                 random_seed: int = 0):
         self._name = name
-        self._raw_shape = list(raw_shape)
-        self._use_labels = use_labels
-        self._raw_labels = None
-        self._label_shape = None
+        self._raw_shape = [int(v) for v in raw_shape]
+        self._use_labels = bool(use_labels)
+        num_raw = self._raw_shape[0]
+        max_size = _optional_int(max_size, 'max_size', self._where(), 1)
+        seed = _optional_int(random_seed, 'random_seed', self._where(), 0, 2 ** 32 - 1) or 0
 
-        # The subset is upstream's draw: shuffle all indices with RandomState(random_seed), keep the
-        # first max_size, and sort them back so the subset is read in file order.
-        self._raw_idx = np.arange(self._raw_shape[0], dtype=np.int64)
-        if max_size is not None and self._raw_idx.size > max_size:
-            np.random.RandomState(random_seed).shuffle(self._raw_idx)
-            self._raw_idx = np.sort(self._raw_idx[:max_size])
-
-        # xflip after max_size: the mirrored copies are of the same subset.
-        self._xflip = np.zeros(self._raw_idx.size, dtype=np.uint8)
+        # Upstream's subset: shuffle all indices with the seed, keep the first max_size, in order.
+        chosen = np.arange(num_raw, dtype=np.int64)
+        if max_size is not None and max_size < num_raw:
+            np.random.RandomState(seed).shuffle(chosen)
+            chosen = np.sort(chosen[:max_size])
+        flipped = np.zeros(chosen.size, dtype=np.uint8)
         if xflip:
-            self._raw_idx = np.tile(self._raw_idx, 2)
-            self._xflip = np.concatenate([self._xflip, np.ones_like(self._xflip)])
+            chosen = np.concatenate([chosen, chosen])
+            flipped = np.concatenate([flipped, np.ones_like(flipped)])
+        self._raw_idx = chosen
+        self._xflip = flipped
 
-    # Subclass hooks ---------------------------------------------------------------------------
+        # Labels are read and checked now, so a bad dataset.json fails when the dataset opens.
+        if self._use_labels:
+            self._raw_labels = _check_label_array(self._load_raw_labels(), num_raw, self._where())
+        else:
+            self._raw_labels = np.zeros([num_raw, 0], dtype=np.float32)
+        self._onehot = self._raw_labels.ndim == 1     # class indices (int64), expanded by get_label
+        if self._onehot:
+            self._label_width = int(self._raw_labels.max(initial=-1)) + 1
+        else:
+            self._label_width = int(self._raw_labels.shape[1])
+
+    # -- what subclasses provide
+    def _where(self) -> str:
+        """How messages name this dataset."""
+        return f'dataset {self._name!r}'
 
     def _load_raw_image(self, raw_idx: int) -> np.ndarray:
-        raise NotImplementedError
+        """Raw image `raw_idx` as uint8 [C, H, W]."""
+        raise NotImplementedError(f'{type(self).__name__} does not read images')
 
-    def _load_raw_labels(self) -> np.ndarray | None:
-        raise NotImplementedError
+    def _load_raw_labels(self):
+        """int [N] class indices or float [N, D] label vectors of all raw images."""
+        raise NotImplementedError(f'{type(self).__name__} has no labels')
 
     def close(self):
-        pass
+        """Release open files (a dataset reopens them when read again)."""
 
-    @property
-    def metadata(self) -> dict:
-        """Dataset-wide records other than labels (dataset.json's other keys); {} by default."""
-        return {}
+    def __del__(self):
+        with contextlib.suppress(Exception):  # at interpreter shutdown modules may be gone already
+            self.close()
 
-    # Labels -----------------------------------------------------------------------------------
+    # -- items
+    def __len__(self) -> int:
+        return int(self._raw_idx.size)
+
+    def __getitem__(self, idx: int):
+        raw_idx = int(self._raw_idx[idx])
+        pixels = self._load_raw_image(raw_idx)
+        expected = tuple(self._raw_shape[1:])
+        if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.shape == expected):
+            got = f'{pixels.dtype} {list(pixels.shape)}' if isinstance(pixels, np.ndarray) else type(pixels).__name__
+            raise DatasetError(f'{self._where()}: image {raw_idx} is {got}, expected uint8 {list(expected)}.')
+        mirrored = np.flip(pixels, axis=2) if self._xflip[idx] else pixels
+        return np.ascontiguousarray(mirrored), self.get_label(idx)
 
     def _get_raw_labels(self) -> np.ndarray:
-        if self._raw_labels is None:
-            labels = self._load_raw_labels() if self._use_labels else None
-            if labels is None:
-                if self._use_labels is True:
-                    raise DatasetError(f"Dataset '{self._name}' has no labels but use_labels=True.")
-                labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
-            if (not isinstance(labels, np.ndarray) or labels.shape[0] != self._raw_shape[0]
-                    or labels.dtype not in (np.int64, np.float32)
-                    or (labels.dtype == np.int64 and (labels.ndim != 1 or np.any(labels < 0)))):
-                raise DatasetError(f"Dataset '{self._name}' produced invalid raw labels; expected int64 [N] "
-                                   f"class indices >= 0 or float32 [N, D] vectors for N={self._raw_shape[0]}.")
-            self._raw_labels = labels
         return self._raw_labels
 
-    # Items ------------------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return self._raw_idx.size
-
-    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
-        image = self._load_raw_image(self._raw_idx[idx])
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or list(image.shape) != self.image_shape:
-            raise DatasetError(f"Dataset '{self._name}' returned a {getattr(image, 'dtype', type(image))} "
-                               f"{list(getattr(image, 'shape', []))} image for raw index {self._raw_idx[idx]}, "
-                               f"expected uint8 {self.image_shape}.")
-        if self._xflip[idx]:
-            image = image[:, :, ::-1]
-        return image.copy(), self.get_label(idx)
-
     def get_label(self, idx: int) -> np.ndarray:
-        label = self._get_raw_labels()[self._raw_idx[idx]]
-        if label.dtype == np.int64:
-            onehot = np.zeros(self.label_shape, dtype=np.float32)
-            onehot[label] = 1
-            return onehot
-        return label.copy()
+        """float32 [label_dim]: the vector, or the one-hot encoding of the class index."""
+        raw = self._raw_labels[self._raw_idx[idx]]
+        if not self._onehot:
+            return raw.copy()
+        label = np.zeros([self._label_width], dtype=np.float32)
+        label[int(raw)] = 1.0
+        return label
 
     def get_details(self, idx: int) -> EasyDict:
         raw_idx = int(self._raw_idx[idx])
-        return EasyDict(raw_idx=raw_idx, xflip=bool(self._xflip[idx]),
-                        raw_label=self._get_raw_labels()[raw_idx].copy())
+        return EasyDict(raw_idx=raw_idx, xflip=bool(self._xflip[idx]), raw_label=self._raw_labels[raw_idx].copy())
 
-    # Properties -------------------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def image_shape(self) -> list[int]:
-        return list(self._raw_shape[1:])
-
-    @property
-    def num_channels(self) -> int:
-        return self.image_shape[0]
-
-    @property
-    def resolution(self) -> int:
-        _c, h, w = self.image_shape
-        if h != w:
-            raise DatasetError(f"Dataset '{self._name}' has non-square {w}x{h} images.")
-        return h
-
-    @property
-    def label_shape(self) -> list[int]:
-        if self._label_shape is None:
-            raw = self._get_raw_labels()
-            # One-hot width from the largest class index anywhere in the data, not only in the
-            # max_size subset, so every subset of a dataset agrees on c_dim.
-            self._label_shape = [int(raw.max()) + 1] if raw.dtype == np.int64 else list(raw.shape[1:])
-        return list(self._label_shape)
-
-    @property
-    def label_dim(self) -> int:
-        return self.label_shape[0]
-
-    @property
-    def has_labels(self) -> bool:
-        return any(x != 0 for x in self.label_shape)
-
-    @property
-    def has_onehot_labels(self) -> bool:
-        return self._get_raw_labels().dtype == np.int64
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn down modules already
-            pass
+    # -- shapes: images [C, H, W] (square), labels [label_dim]
+    name = property(lambda self: self._name)
+    image_shape = property(lambda self: list(self._raw_shape[1:]))
+    num_channels = property(lambda self: self._raw_shape[1])
+    resolution = property(lambda self: self._raw_shape[2])
+    label_shape = property(lambda self: [self._label_width])
+    label_dim = property(lambda self: self._label_width)
+    has_labels = property(lambda self: self._label_width > 0)
+    has_onehot_labels = property(lambda self: self._onehot)
 
     def __repr__(self):
-        labels = f', {self.label_dim} label dims' if self._raw_labels is not None and self.has_labels else ''
-        return f"{type(self).__name__}('{self._name}': {len(self)} images, {describe_shape(self.image_shape)}{labels})"
+        return f'{type(self).__name__}({self._name!r}, {len(self)} images of {list(self._raw_shape[1:])})'
 
 
+@register_class
 class ImageFolderDataset(Dataset):
-    """A folder, a zip, or 'builtin:<name>' (see the module docstring)."""
+    """A folder, zip or 'builtin:<name>' dataset (`training_set_kwargs.class_name`).
 
-    def __init__(self,
-        path,                       # Directory, .zip, or 'builtin:<name>'.
-        resolution: int | None = None,  # Expected resolution (checked, never resized); None = the data's.
-        name: str | None = None,    # Dataset name; None = file name without extension.
-        **super_kwargs,             # max_size, use_labels, xflip, random_seed: see Dataset.
-    ):
-        self._path = os.fspath(path)
-        self._source = open_image_source(self._path)
-        self._dataset_json = None
+    path: folder, .zip or builtin:NAME. resolution: the expected image size (None: the first
+    image's). name: defaults to the file or folder name without extension. use_labels: True,
+    False or 'auto' (labels when dataset.json has them). Other arguments as Dataset.
 
-        first = self._read_image(0)
-        c, h, w = first.shape
-        where = self._source.describe(self._source.image_names[0])
-        if h != w:
-            raise DatasetError(f'{where} is {w}x{h} pixels but dataset images must be square '
-                               f'(dataset_tool.py --transform=center-crop makes them so).')
-        if not synthetic.is_power_of_two(h) or h < 4:
-            raise DatasetError(f'{where} is {w}x{h} pixels but the resolution must be a power of two >= 4 '
-                               f'(dataset_tool.py --width/--height resizes).')
-        if resolution is not None and resolution != h:
-            raise DatasetError(f'{where} is {w}x{h} pixels but resolution={resolution} was requested.')
-        self._first_where = where
-        super().__init__(name=name or self._source.name, raw_shape=[len(self._source.image_names), c, h, w],
-                         **super_kwargs)
-        if self._use_labels:
-            self._get_raw_labels()  # fail now, not in a DataLoader worker an hour into training
+    Opening reads the first image (its size and channel count must suit a GAN: square, a power
+    of two from 4 to MAX_RESOLUTION, grayscale or RGB) and dataset.json (labels are checked now);
+    every later image is checked against the first when it is read.
+    """
 
-    def _read_image(self, raw_idx: int) -> np.ndarray:
-        return self._source.read_image(int(raw_idx)).transpose(2, 0, 1)  # HWC -> CHW
+    def __init__(self, path, resolution: int | None = None, name: str | None = None, use_labels=False,
+                 **super_kwargs):
+        self._source = open_image_source(path)
+        self._path = self._source.path
+        if name is None:
+            base = self._path[len(BUILTIN_PREFIX):] if self._path.startswith(BUILTIN_PREFIX) else \
+                os.path.basename(self._path.rstrip('/' + os.sep))
+            name = os.path.splitext(base)[0]
+        if not isinstance(name, str):
+            raise DatasetError(f'{self._where()}: name={name!r} must be a string.')
+        resolution = _optional_int(resolution, 'resolution', self._where(), 1)
+        if use_labels not in (True, False, 'auto', 0, 1):
+            raise DatasetError(f"{self._where()}: use_labels={use_labels!r} must be True, False or 'auto'.")
 
-    def _load_raw_image(self, raw_idx):
-        image = self._read_image(raw_idx)
-        if list(image.shape) != self._raw_shape[1:]:
-            where = self._source.describe(self._source.image_names[raw_idx])
-            raise DatasetError(f'{where} is {describe_shape(image.shape)} but {self._first_where} is '
-                               f'{describe_shape(self._raw_shape[1:])}; all images of a dataset must have the '
-                               f'same size and channel count (dataset_tool.py converts them).')
-        return image
-
-    def _read_dataset_json(self) -> dict | None:
-        if self._dataset_json is None:
-            # Cached in a list so that "no dataset.json" (None) is cached too.
-            self._dataset_json = [self._source.read_dataset_json()]
-        return self._dataset_json[0]
-
-    def _load_raw_labels(self):
-        meta = self._read_dataset_json()
-        where = self._source.describe('dataset.json')
-        table = label_table((meta or {}).get('labels'), where)
-        if table is None:
-            if self._use_labels is True:
-                if meta is None:
-                    raise DatasetError(f"Dataset '{self._path}' has no dataset.json, so it has no labels, "
-                                       f"but use_labels=True.")
-                raise DatasetError(f'{where} has no labels ("labels" is null or missing) but use_labels=True.')
-            return None
-        return parse_labels(table, self._source.image_names, where)
-
-    @property
-    def metadata(self) -> dict:
-        return {k: v for k, v in (self._read_dataset_json() or {}).items() if k != 'labels'}
+        self._first_where = self._source.describe(self._source.image_names[0])
+        first = self._source.read_image(0)
+        self._first_shape = _check_first_image(first, self._first_where, resolution)
+        self._meta = self._source.read_dataset_json()
+        if use_labels == 'auto':
+            use_labels = self._meta is not None and self._meta.get('labels') is not None
+        raw_shape = [len(self._source.image_names), *self._first_shape]
+        super().__init__(name=name, raw_shape=raw_shape, use_labels=use_labels, **super_kwargs)
 
     @property
     def path(self) -> str:
         return self._path
 
+    def _where(self) -> str:
+        return f"'{self._path}'"
+
+    @property
+    def metadata(self) -> dict:
+        """dataset.json's records other than "labels" (e.g. "cosine", "builtin", "freq_shift")."""
+        return {k: v for k, v in (self._meta or {}).items() if k != 'labels'}
+
+    def _load_raw_image(self, raw_idx: int) -> np.ndarray:
+        image = self._source.read_image(raw_idx)
+        shape = (image.shape[2], image.shape[0], image.shape[1])
+        if shape != self._first_shape:
+            where = self._source.describe(self._source.image_names[raw_idx])
+            raise DatasetError(f'{where} is {describe_shape(shape)} but {self._first_where} is '
+                               f'{describe_shape(self._first_shape)}; all images of a dataset must have the same '
+                               f'size and channel count.')
+        return image.transpose(2, 0, 1)
+
+    def _load_raw_labels(self) -> np.ndarray:
+        where = self._source.describe('dataset.json')
+        if self._meta is None:
+            raise DatasetError(f"'{self._path}' has no dataset.json, but use_labels=True asks for labels.")
+        table = label_table(self._meta.get('labels'), where)
+        if table is None:
+            raise DatasetError(f'{where} has no labels ("labels" is null), but use_labels=True asks for them.')
+        return parse_labels(table, self._source.image_names, where)
+
     def close(self):
-        source = self.__dict__.get('_source')  # absent when __init__ failed early
+        source = self.__dict__.get('_source')
         if source is not None:
             source.close()
+
+
+def _check_first_image(image: np.ndarray, where: str, resolution: int | None) -> tuple:
+    """(C, H, W) of the first image, if a GAN can be trained on images like it."""
+    height, width, channels = image.shape
+    if channels not in (1, 3):
+        raise DatasetError(f'{where} is {describe_shape((channels, height, width))}, but dataset images must be '
+                           f'grayscale or RGB (dataset_tool.py drops an alpha channel that is fully opaque).')
+    if height != width:
+        raise DatasetError(f'{where} is {width}x{height} pixels, but dataset images must be square.')
+    if not (synthetic.is_power_of_two(width) and 4 <= width <= MAX_RESOLUTION):
+        raise DatasetError(f'{where} is {width}x{height} pixels, but the resolution must be a power of two from 4 '
+                           f'to {MAX_RESOLUTION}.')
+    if resolution is not None and width != resolution:
+        raise DatasetError(f'{where} is {width}x{height} pixels, but resolution={resolution} was asked for.')
+    return channels, height, width

@@ -137,9 +137,10 @@ def build(directory, marker) -> dict:
     put('toplevel_attribute_walk', dict(G=own_record(hub_route, dict(repo_or_dir=hub_dir, model='x', source='local'))),
         hub_route)
     put('upstream_exported_nested',
-        dict(D=upstream_object('SSDDiscriminator', dict(stylefreq_class_name='stylefreq.ssd.SSDDiscriminator',
-                                                       _init_args=(), _init_kwargs=dict(spatial_kwargs=evil_sympy),
-                                                       _parameters={}, _buffers={}, _modules={}))),
+        dict(D=upstream_object('SSDDiscriminator', dict(format='stylefreq.module', version=1,
+                                                       class_name='stylefreq.ssd.SSDDiscriminator', init_args=(),
+                                                       init_kwargs=dict(spatial_kwargs=evil_sympy), tensors={},
+                                                       training=False))),
         sympy_route)
     put('by_reference_nested',
         dict(D=_by_reference('stylefreq.ssd', 'SSDDiscriminator',
