@@ -95,7 +95,7 @@ def main():
             G = nets[v]
             out[v] = dict(
                 G_params=sum(p.numel() for p in G.parameters()),
-                branches=len(G.synthesis.branch_parts) if v != 'plain' else 0,
+                branches=len(getattr(G.synthesis, 'fsg', [])) if v != 'plain' else 0,
                 forward_ms_per_img=round(1000 * best[v]['fwd'] / args.batch, 3),
                 fwd_bwd_ms_per_img=round(1000 * best[v]['fwd_bwd'] / args.batch, 3),
                 forward_vs_plain=round(best[v]['fwd'] / best['plain']['fwd'], 2),

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from stylefreq import checkpoint, freqshift
-from stylefreq.freqshift import FrequencyShiftedGenerator, carrier_cos_sin, frequency_shift
+from stylefreq import carriers, checkpoint, freqshift
+from stylefreq.carriers import carrier_cos_sin, frequency_shift
+from stylefreq.freqshift import FrequencyShiftedGenerator
+from stylefreq.ops import upfirdn2d
 from training import networks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,20 +142,20 @@ def test_shift_broadcasts_and_keeps_dtype():
 
 @pytest.mark.parametrize('carrier', [(0.5, 0.5), (0.5, 0), (0, 0.5), (0, 0), (-0.5, 0.5)])
 def test_real_carriers_are_exact(carrier):
-    assert freqshift.carrier_is_real(*carrier)
+    assert carriers.carrier_is_real(*carrier)
     cos, sin = carrier_cos_sin(*carrier, 16, 16)
     assert torch.equal(sin, torch.zeros(16, 16))
     assert set(cos.unique().tolist()) <= {-1.0, 1.0}
     y, x = np.meshgrid(np.arange(16), np.arange(16), indexing='ij')
     np.testing.assert_array_equal(cos.numpy(), np.rint(np.cos(2 * np.pi * (carrier[0] * x + carrier[1] * y))))
-    assert not freqshift.carrier_is_real(1 / 16, 0.5)
+    assert not carriers.carrier_is_real(1 / 16, 0.5)
 
 
 def test_learned_carrier_phase_matches_fixed():
     u = torch.tensor(3 / 16)
     v = torch.tensor(-1 / 16)
-    a = freqshift.carrier_phase(u, v, 16, 16)
-    b = freqshift.carrier_phase(3 / 16, -1 / 16, 16, 16)
+    a = carriers.carrier_phase(u, v, 16, 16)
+    b = carriers.carrier_phase(3 / 16, -1 / 16, 16, 16)
     assert torch.allclose(torch.cos(a), torch.cos(b), atol=1e-5)
 
 
@@ -172,13 +174,21 @@ def test_learned_carrier_phase_matches_fixed():
     ('learn', [[0.5, 0.5]], [(0, 'real'), (0, 'imag')]),    # a learned carrier leaves the sin == 0 set
 ])
 def test_branch_count_and_names(mode, carriers, parts):
+    """`parts` lists the branches in order as (carrier, real|imag)."""
     G = fs_G(mode, carriers)
     P = plain_G()
     names = {n for n, _ in list(G.named_parameters()) + list(G.named_buffers())}
     plain_names = {n for n, _ in list(P.named_parameters()) + list(P.named_buffers())}
     assert plain_names <= names                        # base tensors keep their exact upstream names
     extra = names - plain_names
-    assert G.synthesis.branch_parts == parts
+    expected_pairs = []
+    for j, (k, part) in enumerate(parts):
+        if part == 'real':
+            expected_pairs.append((k, j, None))
+        else:
+            assert expected_pairs[-1][0] == k
+            expected_pairs[-1] = (k, expected_pairs[-1][1], j)
+    assert G.synthesis.pairs == expected_pairs
     if mode == 'out':
         assert extra == set()
         return
@@ -192,6 +202,58 @@ def test_branch_count_and_names(mode, carriers, parts):
     assert branch.resolution == 8 and branch.is_last and branch.architecture == 'skip'
     assert branch.conv0.weight.shape[:2] == G.synthesis.b8.conv1.weight.shape[:1] + G.synthesis.b4.conv1.weight.shape[:1]
     assert len(G.synthesis.branch_names()) == len(parts)
+
+
+@pytest.mark.parametrize('mode', ['fsg', 'noshift', 'learn'])
+def test_output_is_the_base_image_plus_shifted_branches(mode):
+    """The whole generator against the method's formula written out here: the base generator's
+    image plus, per carrier k with gains a, b on its real/imaginary branch images Y_r, Y_i (each
+    FIR-upsampled 2x), a Y_r cos(theta_k) - b Y_i sin(theta_k), theta_k = 2 pi (u x + v y) with x
+    the column and y the row; 'noshift' adds a Y_r + b Y_i. Real carriers (u, v multiples of 1/2)
+    have no imaginary branch unless learned."""
+    carriers = [[1 / 16, 0.0], [0.5, 0.5], [-3 / 16, 5 / 16]]
+    G = fs_G(mode, carriers, res=32).eval()
+    branches = G.synthesis.fsg
+    with torch.no_grad():
+        G.synthesis.fsg_gain.copy_(torch.linspace(0.6, 1.4, len(branches)))
+        if mode == 'learn':            # move the learned carriers off their initial values
+            G.synthesis.fsg_carriers.add_(torch.tensor([[0.01, -0.02], [0.0, 0.03], [-0.01, 0.01]])
+                                          / G.synthesis.carrier_lr_mult)
+    # Which branches belong to which carrier, from the rule above (not from the module).
+    layout, j = [], 0
+    for u, v in carriers:
+        complex_carrier = mode == 'learn' or not (float(2 * u).is_integer() and float(2 * v).is_integer())
+        layout.append((j, j + 1 if complex_carrier else None))
+        j += 2 if complex_carrier else 1
+    assert len(branches) == j
+    used = (G.synthesis.fsg_carriers * G.synthesis.carrier_lr_mult).tolist() if mode == 'learn' else carriers
+
+    z, c = latents(2)
+    base = plain_G(res=32)
+    base.load_state_dict({k: v for k, v in G.state_dict().items() if not k.startswith('synthesis.fsg')})
+    captured = {}
+    hooks = [b.register_forward_hook(lambda m, inp, out, j=j: captured.__setitem__(j, out[1]))
+             for j, b in enumerate(branches)]
+    with torch.no_grad():
+        ws = G.mapping(z, c)
+        got = G.synthesis(ws, noise_mode='const').double().numpy()
+        want = base_image = base.synthesis(ws, noise_mode='const').double().numpy()
+        up = {j: upfirdn2d.upsample2d(y.float(), branches[j].resample_filter).double().numpy()
+              for j, y in captured.items()}
+    for h in hooks:
+        h.remove()
+    gain = G.synthesis.fsg_gain.detach().double().numpy()
+    y_idx, x_idx = np.mgrid[0:32, 0:32].astype(np.float64)
+    for (u, v), (jr, ji) in zip(used, layout):
+        theta = 2 * np.pi * (u * x_idx + v * y_idx)
+        real = gain[jr] * up[jr]
+        imag = 0.0 if ji is None else gain[ji] * up[ji]
+        if mode == 'noshift':
+            want = want + real + imag
+        else:
+            want = want + real * np.cos(theta) - imag * np.sin(theta)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert np.abs(got - base_image).max() > 1e-2          # the branches contribute
 
 
 def test_branches_use_last_block_ws_and_fir_upsample():
@@ -270,7 +332,7 @@ def test_learnable_carriers_get_gradients_and_move():
     G = fs_G('learn').train()
     with torch.no_grad():
         G.synthesis.fsg_gain.fill_(1)
-    assert torch.allclose(G.synthesis.carrier_values(), torch.tensor(freqshift.FSG16_CARRIERS, dtype=torch.float32))
+    assert torch.allclose(G.synthesis.carrier_values(), torch.tensor(carriers.FSG16_CARRIERS, dtype=torch.float32))
     G.requires_grad_(True)
     z, c = latents()
     G(z, c).square().mean().backward()
@@ -293,7 +355,7 @@ def test_checkpoint_roundtrip_identical_outputs(tmp_path):
         path = tmp_path / f'{mode}.pkl'
         checkpoint.save_network_pkl(path, dict(G=G, G_ema=G, D=None))
         G2 = checkpoint.load_network_pkl(str(path), verbose=False)['G_ema']
-        assert type(G2) is FrequencyShiftedGenerator and G2.synthesis.branch_parts == G.synthesis.branch_parts
+        assert type(G2) is FrequencyShiftedGenerator and G2.synthesis.pairs == G.synthesis.pairs
         z, c = latents(c_dim=2)
         a, b = run_both(G.eval(), G2, z, c, noise_mode='random', truncation_psi=0.7)
         assert torch.equal(a, b)
@@ -438,7 +500,7 @@ def test_wrapper_errors_are_clear():
 
 def test_parse_freq_shift_values():
     assert freqshift.parse_freq_shift(None) is None and freqshift.parse_freq_shift('none') is None
-    assert freqshift.parse_freq_shift('fsg16') == dict(mode='fsg', carriers=[list(c) for c in freqshift.FSG16_CARRIERS])
+    assert freqshift.parse_freq_shift('fsg16') == dict(mode='fsg', carriers=[list(c) for c in carriers.FSG16_CARRIERS])
     assert freqshift.parse_freq_shift('out') == dict(mode='out', carriers=[[0.5, 0.5]])
     assert freqshift.parse_freq_shift('noshift16')['mode'] == 'noshift'
     assert freqshift.parse_freq_shift('learn16')['mode'] == 'learn'
