@@ -31,10 +31,10 @@ sys.path.insert(0, REPO)
 
 
 def build_args(res, ada, cbase, cmax, batch, workers, ticks, run_dir):
-    import train
-    desc, args = train.setup_training_loop_kwargs(data=f'builtin:blobs{res}', aug='fixed' if ada else 'noaug',
-                                                  p=0.3 if ada else None, cbase=cbase, cmax=cmax, batch=batch,
-                                                  workers=workers, metrics=[])
+    from training import config
+    desc, args = config.training_options(data=f'builtin:blobs{res}', aug='fixed' if ada else 'noaug',
+                                         p=0.3 if ada else None, cbase=cbase, cmax=cmax, batch=batch,
+                                         workers=workers, metrics=[])
     args.run_dir = run_dir
     args.kimg_per_tick = 16 * args.batch_size / 1000       # one tick = 16 iterations (one Dreg cycle)
     args.total_kimg = args.batch_size / 1000 + ticks * args.kimg_per_tick
@@ -50,7 +50,7 @@ def run_one(opts):
     from training import training_loop
     torch.set_num_threads(opts.threads or torch.get_num_threads())
 
-    def small_grid(training_set, random_seed=0):
+    def small_grid(training_set, seed=0):
         # The 32x32-image snapshot grids (reals.png, fakes_init.png) are setup cost, not iteration
         # time; with them a 64 px configuration spends longer rendering than training.
         images, labels = zip(*[training_set[i] for i in range(8)])

@@ -32,39 +32,15 @@ def configure_training(desc, args, *, ssd=False, ssd_lambda=None, ssd_mode=None,
     """Wrap upstream's G_kwargs / D_kwargs for --cfg=ssd (--ssd-lambda, --ssd-mode) and --freq-shift.
 
     `args` is the EasyDict built by upstream's `setup_training_loop_kwargs` (modified in place);
-    returns the run description with stylefreq's suffixes. Bad values raise ValueError with one
-    sentence naming the flag (the patch turns it into upstream's UserError).
+    `ssd` is --cfg=ssd. Returns the run description with stylefreq's suffixes. The wiring and its
+    checks are `stylefreq.features.configure`, the same as stylefreq's own train.py; bad values
+    raise ValueError with one sentence naming the flag (the patch turns it into upstream's UserError).
     """
-    from stylefreq import freqshift
-    res = int(args.training_set_kwargs.resolution)
-    channels = getattr(args, 'stylefreq_img_channels', None)
-    use_ssd = bool(ssd) or ssd_lambda is not None or ssd_mode is not None
-    if use_ssd:
-        if ssd_lambda is not None and not 0 < ssd_lambda <= 1:
-            raise ValueError('--ssd-lambda must be in (0, 1]')
-        if ssd_mode not in (None, 'official', 'joint'):
-            raise ValueError('--ssd-mode must be official or joint')
-        if res < 8:
-            raise ValueError('--cfg=ssd needs a resolution of at least 8 (for the radial spectrum)')
-        if channels is not None and channels not in (1, 3):
-            raise ValueError(f'--cfg=ssd needs grayscale or RGB images; the dataset has {channels} channels')
-        desc += '' if ssd else '-ssd'
-        desc += '-ssdjoint' if ssd_mode == 'joint' else ''
-        desc += '' if ssd_lambda is None else f'-ssdlambda{ssd_lambda:g}'
-        args.D_kwargs = type(args.D_kwargs)(class_name='stylefreq.ssd.SSDDiscriminator', spatial_kwargs=args.D_kwargs,
-                                            mode=ssd_mode or 'official',
-                                            ssd_lambda=0.5 if ssd_lambda is None else float(ssd_lambda))
-    if freq_shift is not None:
-        try:
-            spec = freqshift.parse_freq_shift(freq_shift)
-        except ValueError as err:
-            raise ValueError(f'--freq-shift: {err}') from None
-        if spec is not None:
-            if spec['mode'] != 'out' and res < 16:
-                raise ValueError(f'--freq-shift={freq_shift} needs a resolution of at least 16 (its branches '
-                                 f'start from the R/4 feature map)')
-            desc += f'-{freqshift.freq_shift_desc(freq_shift)}'
-            args.G_kwargs = type(args.G_kwargs)(freqshift.freq_shift_G_kwargs(args.G_kwargs, **spec))
+    from stylefreq import features
+    desc, args.G_kwargs, args.D_kwargs = features.configure(
+        desc, args.G_kwargs, args.D_kwargs, resolution=int(args.training_set_kwargs.resolution),
+        channels=getattr(args, 'stylefreq_img_channels', None), preset_ssd=bool(ssd), ssd_lambda=ssd_lambda,
+        ssd_mode=ssd_mode, freq_shift=freq_shift)
     return desc
 
 

@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
 
 import generate  # noqa: E402
 import train  # noqa: E402
-from stylefreq import checkpoint  # noqa: E402
+from stylefreq import checkpoint, distributed  # noqa: E402
 from stylefreq.kwargs import EasyDict  # noqa: E402
 from training import networks, training_loop  # noqa: E402
 from training.dataset import ImageFolderDataset  # noqa: E402
@@ -149,7 +149,7 @@ def test_dry_run_prints_options_and_upstream_run_dir(tmp_path):
     # Every flag that changes the name, in upstream's order.
     result = invoke(train.main, [f'--outdir={tmp_path / "empty"}', '--data=builtin:blobs16', '--cond=1',
                                  '--subset=100', '--kimg=3', '--batch=16', '--aug=fixed', '--p=0.25',
-                                 '--resume=/x/y.pkl', '--dry-run'])
+                                 '--resume=https://example.org/y.pkl', '--dry-run'])
     assert result.exit_code == 0, result.output
     assert (f'{tmp_path / "empty"}{os.sep}00000-blobs16-cond-subset100-auto1-kimg3-batch16-fixed-p0.25-resumecustom'
             in result.output)
@@ -302,7 +302,7 @@ def test_real_run_dir_and_generate(tmp_path):
     files = set(os.listdir(run_dir))
     assert {'training_options.json', 'log.txt', 'reals.png', 'fakes_init.png', 'fakes000000.png',
             'network-snapshot-000000.pkl', 'stats.jsonl'} <= files
-    assert not [f for f in files if '.tmp' in f]
+    assert not [f for f in files if f.endswith('.partial')]
 
     options = json.loads((run_dir / 'training_options.json').read_text())
     assert options['run_dir'] == str(run_dir) and options['total_kimg'] == 1 and options['batch_size'] == 8
@@ -352,6 +352,28 @@ def test_real_run_dir_and_generate(tmp_path):
     got = np.asarray(PIL.Image.open(tmp_path / 'gen' / 'seed0004.png'))
     assert got.shape == (16, 16, 3) and np.array_equal(got, ref)
     assert os.path.exists(tmp_path / 'gen' / 'seed0003.png')
+
+
+def test_sample_grid_size_and_class_rows():
+    """Upstream's grid size rule (7680 // W and 4320 // H, clipped to [7, 32] x [4, 32]); with labels,
+    every row shows a single class and the classes take turns."""
+    dataset = ImageFolderDataset('builtin:blobs16', use_labels=True)
+    (columns, rows), images, labels = training_loop.setup_snapshot_image_grid(dataset)
+    assert (columns, rows) == (32, 32) and images.shape == (1024, 3, 16, 16) and labels.shape == (1024, 4)
+    classes = labels.argmax(axis=1).reshape(rows, columns)
+    assert (classes == classes[:, :1]).all() and list(classes[:8, 0]) == [0, 1, 2, 3] * 2
+    assert not np.array_equal(images[:columns], images[4 * columns:5 * columns])   # repeated classes move on
+
+    class Tiny1024:                     # three 1024 px images (the pixels are not read at that size)
+        image_shape, has_labels = [1, 1024, 1024], False
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, idx):
+            return np.full([1, 2, 2], idx, np.uint8), np.zeros([0], np.float32)
+    (columns, rows), images, _ = training_loop.setup_snapshot_image_grid(Tiny1024())
+    assert (columns, rows) == (7, 4) and sorted(np.unique(images)) == [0, 1, 2]      # all, repeated to fill
 
 
 def test_generate_errors(tmp_path):
@@ -440,14 +462,15 @@ def ddp_worker(rank, args, temp_dir, out_dir):
             lin.weight.fill_(1.0)
             lin.bias.fill_(float(rank))          # the last tensor checked differs on rank 1
         try:
-            training_loop.check_ddp_consistency(lin)
+            distributed.check_consistent(lin, 'lin')
             results['consistency'] = 'passed'
         except RuntimeError as err:
             results['consistency'] = str(err)
         # Rank 1 has no gradient for the bias (unused parameter): it counts as zero in the average.
         lin.weight.grad = torch.full_like(lin.weight, 2.0 * (rank + 1))
         lin.bias.grad = torch.full_like(lin.bias, 4.0) if rank == 0 else None
-        training_loop.all_reduce_grads(lin.parameters())
+        lin.weight.grad[0, 0] = float('nan') if rank == 1 else 1.0     # NaN on one rank: NaN in the mean, zeroed
+        results['nonfinite'] = int(training_loop.average_gradients(lin.parameters()))
         results['weight_grad'] = lin.weight.grad.tolist()
         results['bias_grad'] = lin.bias.grad.tolist()
         with open(os.path.join(out_dir, f'checks{rank}.json'), 'w') as f:
@@ -517,9 +540,10 @@ def test_two_processes_match_one(tmp_path, quick_grids, monkeypatch):
     # The consistency check catches a difference; the gradient average counts a missing grad as 0.
     checks = [json.loads((tmp_path / f'checks{r}.json').read_text()) for r in range(2)]
     assert checks[0]['consistency'] == 'passed'
-    assert checks[1]['consistency'].startswith('bias differs between ranks')
+    assert checks[1]['consistency'].startswith('lin.bias differs between processes')
     for c in checks:
-        assert c['weight_grad'] == [[3.0, 3.0]] * 3 and c['bias_grad'] == [2.0] * 3
+        assert c['weight_grad'] == [[0.0, 3.0]] + [[3.0, 3.0]] * 2 and c['bias_grad'] == [2.0] * 3
+        assert c['nonfinite'] == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,12 +578,13 @@ def test_sigkill_and_resume_run_dir(tmp_path):
     killed_stats = read_stats(run_dir)
     assert killed_stats[-1]['Progress/kimg']['mean'] < 0.12
 
-    # What a kill during a write leaves behind: a partial snapshot temp file and a grid temp file.
+    # What a kill during a write leaves behind: the partial files of stylefreq.files.atomic_write.
     snapshot = run_dir / 'network-snapshot-000000.pkl'
     before = tmp_path / 'before.pkl'
     shutil.copy(snapshot, before)
-    (run_dir / '.network-snapshot-000000.pkl.k1ll3d.tmp').write_bytes(snapshot.read_bytes()[:1000])
-    (run_dir / 'fakes_init.png.tmp.png').write_bytes(b'\x89PNG partial')     # a name the resumed run never writes
+    (run_dir / '.network-snapshot-000000.pkl.k1ll3d.partial').write_bytes(snapshot.read_bytes()[:1000])
+    (run_dir / '.fakes000001.png.x7q.partial').write_bytes(b'\x89PNG partial')   # a name the resumed run never writes
+    assert (run_dir / '.lock').read_text().strip() == str(proc.pid)           # the killed run's stale lock
     start_state = checkpoint.load_network_pkl(str(before))
     progress0 = start_state['progress']
     n0, tick0, batches0 = progress0['cur_nimg'], progress0['cur_tick'], progress0['batch_idx']
@@ -572,8 +597,8 @@ def test_sigkill_and_resume_run_dir(tmp_path):
     assert f'Continuing {run_dir} from network-snapshot-000000.pkl' in result.stdout
     assert sorted(os.listdir(tmp_path / 'runs')) == [run_dir.name]          # continued in place
 
-    # No temp file or partial snapshot remains, and every snapshot loads.
-    assert not [f for f in os.listdir(run_dir) if '.tmp' in f], os.listdir(run_dir)
+    # No partial file or lock remains, and every snapshot loads.
+    assert not [f for f in os.listdir(run_dir) if f.endswith('.partial') or f == '.lock'], os.listdir(run_dir)
     snapshots = sorted(run_dir.glob('network-snapshot-*.pkl'))
     final = [checkpoint.load_network_pkl(str(p)) for p in snapshots][-1]
 
@@ -695,10 +720,12 @@ def test_finetune_from_upstream_pickle_with_freeze_d(tmp_path, quick_grids):
     marker = tmp_path / 'MODULE_SRC_EXECUTED'
     pkl = tmp_path / 'upstream.pkl'
     run_dir = tmp_path / 'run'
-    desc, args = tiny_args(run_dir, resume=str(pkl), freezed=2)
+    _, plain_args = tiny_args(run_dir)
+    G_src, D_src, G_ema_src = upstream_pickle(pkl, plain_args, marker)
+    desc, args = tiny_args(run_dir, resume=str(pkl), freezed=2)      # reads the pickle (safely) to decide
     assert desc == 'blobs16-auto1-batch8-noaug-resumecustom-freezed2'
     assert args.resume_pkl == str(pkl) and args.ada_kimg == 100 and args.ema_rampup is None
-    G_src, D_src, G_ema_src = upstream_pickle(pkl, args, marker)
+    assert 'resume_progress' not in args
     args.G_opt_kwargs.lr = 0.0              # G stays at the pickle's weights: they must be the loaded ones
     args.total_kimg = 0.024                 # 3 iterations
     args.kimg_per_tick = 1
@@ -710,9 +737,9 @@ def test_finetune_from_upstream_pickle_with_freeze_d(tmp_path, quick_grids):
 
     # fakes_init.png is the pickle's G_ema, rendered the way the loop renders its grid.
     grid_size, _, labels = training_loop.setup_snapshot_image_grid(ImageFolderDataset('builtin:blobs16'))
-    grid_z = torch.randn([labels.shape[0], G_ema_src.z_dim], generator=torch.Generator().manual_seed(0)).split(8)
+    grid_z = training_loop.grid_latents(labels.shape[0], G_ema_src.z_dim, seed=args.random_seed).split(8)
     grid_c = torch.from_numpy(labels).split(8)
-    training_loop.save_image_grid(training_loop._render(G_ema_src, grid_z, grid_c), str(tmp_path / 'ref.png'),
+    training_loop.save_image_grid(training_loop.render_grid(G_ema_src, grid_z, grid_c), str(tmp_path / 'ref.png'),
                                   drange=[-1, 1], grid_size=grid_size)
     assert np.array_equal(np.asarray(PIL.Image.open(run_dir / 'fakes_init.png')),
                           np.asarray(PIL.Image.open(tmp_path / 'ref.png')))
