@@ -27,11 +27,6 @@ from stylefreq.checkpoint import CheckpointError
 from training import config, resume, training_loop
 from training.dataset import DatasetError
 
-# Upstream's names, for scripts written against its train.py.
-UserError = config.UserError
-CFG_SPECS = config.PRESETS
-setup_training_loop_kwargs = config.training_options
-
 # Errors that end a run with one sentence instead of a traceback.
 RUN_ERRORS = (DatasetError, CheckpointError, resume.ResumeError, resume.SharedError, files.LockError, OSError)
 
@@ -69,7 +64,7 @@ def _console_to_log(run_dir):
             sys.stdout, sys.stderr = saved
 
 
-def _train_process(proc: distributed.Process, options):
+def train_process(proc: distributed.Process, options):
     """One training process. Rank 0 opens (and locks) the run directory and tees the console into
     its log.txt; a bad dataset or checkpoint met on the way ends the process with one sentence."""
     lock = None
@@ -99,18 +94,9 @@ def launch(options, threads=None):
     """Train with `options` (a training_options dict with run_dir) in options.num_gpus processes:
     this one, torchrun's, or ones started here (NCCL on GPUs, gloo on CPUs)."""
     try:
-        distributed.launch(_train_process, num_procs=options.num_gpus, args=(options,), threads=threads)
+        distributed.launch(train_process, num_procs=options.num_gpus, args=(options,), threads=threads)
     except torch.multiprocessing.ProcessExitedException as exited:
         raise SystemExit(exited.exit_code or 1) from None       # the process has said why
-
-
-def subprocess_fn(rank, options, temp_dir):
-    """Upstream's per-process entry: join the `num_gpus`-process group that meets through a file in
-    temp_dir (as rank `rank`) and train. `launch` is the way to start a run; this serves scripts
-    that spawn processes themselves."""
-    init = 'file://' + os.path.join(os.path.abspath(temp_dir), '.torch_distributed_init')
-    world = options.num_gpus
-    distributed._run(_train_process, (options,), rank, world, rank, world, init if world > 1 else None, None, None)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ which is what keeps ADA's augmentations from leaking into G.
 Conditioning. The spatial D stays conditional (c is passed through); C ignores c, as in the
 official code, which has no conditional variant of the spectral branch.
 
-Checkpoints. `inner_prefixes = ('spatial.',)` lets `training.training_loop.copy_weights` load a
+Checkpoints. `inner_prefixes = ('spatial.',)` lets `training.resume.copy_weights` load a
 plain discriminator's tensors into the wrapper (they keep their names under `spatial.`); C then
 starts fresh. Any extra constructor keyword (e.g. `num_fp16_res`, `conv_clamp` from
 `checkpoint.load_network_pkl(force_fp16=True)`) is passed on to the spatial D.

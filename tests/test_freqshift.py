@@ -18,7 +18,7 @@ from stylefreq import carriers, checkpoint, freqshift
 from stylefreq.carriers import carrier_cos_sin, frequency_shift
 from stylefreq.freqshift import FrequencyShiftedGenerator
 from stylefreq.ops import upfirdn2d
-from training import networks
+from training import config, networks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -294,7 +294,7 @@ def test_zero_gain_start_reproduces_base_bit_for_bit(mode):
 
 @pytest.mark.parametrize('mode', ['fsg', 'learn'])
 def test_plain_checkpoint_loads_through_copy_weights(mode, tmp_path):
-    from training.training_loop import copy_weights
+    from training.resume import copy_weights
     P = plain_G(seed=11)
     with torch.no_grad():                # make every tensor distinct from an init
         for t in P.synthesis.parameters():
@@ -515,8 +515,7 @@ def test_parse_freq_shift_values():
 
 
 def _train_args(tmp_path, **flags):
-    import train
-    desc, args = train.setup_training_loop_kwargs(data='builtin:blobs16', cbase=256, cmax=32, map=1, batch=4,
+    desc, args = config.training_options(data='builtin:blobs16', cbase=256, cmax=32, map=1, batch=4,
                                                   kimg=1, aug='noaug', workers=0, snap=1, **flags)
     return desc, args
 
@@ -528,16 +527,14 @@ def _train_args(tmp_path, **flags):
     ('-0.51,0', r'--freq-shift: carrier \(-0.51, 0\) lies outside'),
 ])
 def test_train_rejects_bad_freq_shift(value, message, tmp_path):
-    import train
-    with pytest.raises(train.UserError, match=message):
+    with pytest.raises(config.UserError, match=message):
         _train_args(tmp_path, freq_shift=value)
 
 
 def test_train_freq_shift_resolution_check():
-    import train
-    with pytest.raises(train.UserError, match='--freq-shift=fsg16 needs a resolution of at least 16'):
-        train.setup_training_loop_kwargs(data='builtin:blobs8', cbase=256, cmax=32, freq_shift='fsg16')
-    desc, _ = train.setup_training_loop_kwargs(data='builtin:blobs8', cbase=256, cmax=32, freq_shift='out')
+    with pytest.raises(config.UserError, match='--freq-shift=fsg16 needs a resolution of at least 16'):
+        config.training_options(data='builtin:blobs8', cbase=256, cmax=32, freq_shift='fsg16')
+    desc, _ = config.training_options(data='builtin:blobs8', cbase=256, cmax=32, freq_shift='out')
     assert desc.endswith('-out')
 
 
@@ -583,8 +580,7 @@ def _short_run(tmp_path, monkeypatch, name, **flags):
 
 
 def _cfg_values():
-    import train
-    return ['auto'] + (['ssd'] if 'ssd' in train.CFG_SPECS else [])
+    return ['auto'] + (['ssd'] if 'ssd' in config.PRESETS else [])
 
 
 @pytest.mark.parametrize('freq_shift', ['out', 'fsg16', 'noshift16', 'learn16', '1/4,0;0,1/2'])

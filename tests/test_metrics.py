@@ -34,7 +34,7 @@ import calc_metrics  # noqa: E402
 import train  # noqa: E402
 from metrics import fid_levels, metric_main, metric_utils, perceptual_path_length  # noqa: E402
 from stylefreq.kwargs import EasyDict  # noqa: E402
-from training import training_loop  # noqa: E402
+from training import config, training_loop # noqa: E402
 
 RES = 32
 NUM_IMAGES = 256
@@ -172,9 +172,9 @@ def test_registry_names_and_errors():
     with pytest.raises(ValueError, match='unknown metric'):
         metric_main.report_metric(EasyDict(metric='nope', results={}), run_dir=None)
     # train.py validates --metrics against the same registry.
-    with pytest.raises(train.UserError, match="unknown metric 'fid'; valid: fid50k_full"):
-        train.setup_training_loop_kwargs(data='builtin:blobs16', metrics=['fid'])
-    assert train.setup_training_loop_kwargs(data='builtin:blobs16', metrics=['specdisc2k'])[1].metrics == ['specdisc2k']
+    with pytest.raises(config.UserError, match="unknown metric 'fid'; valid: fid50k_full"):
+        config.training_options(data='builtin:blobs16', metrics=['fid'])
+    assert config.training_options(data='builtin:blobs16', metrics=['specdisc2k'])[1].metrics == ['specdisc2k']
 
 
 def test_plugin_metric_and_jsonl_fields(tmp_path, capsys):
@@ -445,7 +445,7 @@ def trained_run(tmp_path_factory):
     """A tiny training run (one iteration, one snapshot) with --metrics=specdisc1k, set up as train.py does."""
     run_dir = tmp_path_factory.mktemp('run') / '00000-blobs16'
     run_dir.mkdir()
-    _desc, args = train.setup_training_loop_kwargs(data='builtin:blobs16', cbase=256, cmax=16, map=2, batch=8,
+    _desc, args = config.training_options(data='builtin:blobs16', cbase=256, cmax=16, map=2, batch=8,
                                                    workers=0, aug='noaug', metrics=['specdisc1k'])
     args.G_kwargs.z_dim = args.G_kwargs.w_dim = 32
     args.run_dir = str(run_dir)

@@ -17,12 +17,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
-from stylefreq import checkpoint, spectral  # noqa: E402
+from stylefreq import checkpoint, distributed, spectral  # noqa: E402
 from stylefreq.kwargs import construct_class_by_name  # noqa: E402
 from stylefreq import kwargs as sf_kwargs  # noqa: E402
 from stylefreq.persistence import persistent_class  # noqa: E402
 from stylefreq.ssd import SpectralClassifier, SSDDiscriminator  # noqa: E402
-from training import loss as loss_module  # noqa: E402
+from training import config, loss as loss_module, resume # noqa: E402
 from training import networks, training_loop  # noqa: E402
 
 TINY_D = dict(class_name='training.networks.Discriminator', channel_base=256, channel_max=16)
@@ -263,7 +263,7 @@ def test_plain_d_weights_load_into_wrapper():
     plain = networks.Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=256, channel_max=16)
     D = make_ssd(mode='official')
     c_init = copy.deepcopy(D.classifier.state_dict())
-    missing = training_loop.copy_weights(plain, D, 'D')
+    missing = resume.copy_weights(plain, D, 'D')
     assert sorted(missing) == ['classifier.bias', 'classifier.weight']
     wrapped = D.state_dict()
     for name, t in plain.state_dict().items():
@@ -279,28 +279,28 @@ def test_plain_d_weights_load_into_wrapper():
 
 
 def test_train_flags():
-    desc, args = train.setup_training_loop_kwargs(data='builtin:blobs32', cfg='ssd')
-    _, auto = train.setup_training_loop_kwargs(data='builtin:blobs32', cfg='auto')
+    desc, args = config.training_options(data='builtin:blobs32', cfg='ssd')
+    _, auto = config.training_options(data='builtin:blobs32', cfg='auto')
     assert desc.endswith('-ssd1')
     assert args.D_kwargs.class_name == 'stylefreq.ssd.SSDDiscriminator'
     assert args.D_kwargs.mode == 'official' and args.D_kwargs.ssd_lambda == 0.5
     assert args.D_kwargs.spatial_kwargs == auto.D_kwargs
     for key in ('batch_size', 'total_kimg', 'ema_kimg', 'G_kwargs', 'G_opt_kwargs', 'D_opt_kwargs', 'loss_kwargs'):
         assert args[key] == auto[key], key
-    desc, args = train.setup_training_loop_kwargs(data='builtin:blobs32', cfg='paper256', ssd=True)
+    desc, args = config.training_options(data='builtin:blobs32', cfg='paper256', ssd=True)
     assert desc.endswith('-paper256-ssd')
     assert args.D_kwargs.spatial_kwargs.epilogue_kwargs.mbstd_group_size == 8
-    desc, args = train.setup_training_loop_kwargs(data='builtin:blobs32', cfg='cifar', ssd_lambda=0.7,
+    desc, args = config.training_options(data='builtin:blobs32', cfg='cifar', ssd_lambda=0.7,
                                                   ssd_mode='joint', freezed=1, fp32=True)
     assert desc.endswith('-cifar-freezed1-ssd-ssdjoint-ssdlambda0.7')
     assert (args.D_kwargs.mode, args.D_kwargs.ssd_lambda) == ('joint', 0.7)
     spatial = args.D_kwargs.spatial_kwargs
     assert spatial.architecture == 'orig' and spatial.block_kwargs.freeze_layers == 1 and spatial.num_fp16_res == 0
-    _, args = train.setup_training_loop_kwargs(data='builtin:blobs32', cfg='auto', ssd=False)
+    _, args = config.training_options(data='builtin:blobs32', cfg='auto', ssd=False)
     assert args.D_kwargs.class_name == 'training.networks.Discriminator'
     for bad, match in [(dict(cfg='ssd', ssd=False), 'contradicts'), (dict(ssd_lambda=1.5), r'\(0, 1\]')]:
-        with pytest.raises(train.UserError, match=match):
-            train.setup_training_loop_kwargs(data='builtin:blobs32', **bad)
+        with pytest.raises(config.UserError, match=match):
+            config.training_options(data='builtin:blobs32', **bad)
 
 
 _FULL_GRID = training_loop.setup_snapshot_image_grid
@@ -331,7 +331,7 @@ def test_train_cli_dry_run(tmp_path):
 
 
 def _tiny_run_args(tmp_path, name, **flags):
-    desc, args = train.setup_training_loop_kwargs(data='builtin:blobs16', cbase=256, cmax=16, map=2, batch=4,
+    desc, args = config.training_options(data='builtin:blobs16', cbase=256, cmax=16, map=2, batch=4,
                                                   workers=0, snap=1, aug='noaug', **flags)
     args.G_kwargs.z_dim = args.G_kwargs.w_dim = 32
     args.loss_kwargs.pl_weight = 0   # path length is the engine's business; R1 (gamma) stays on
@@ -382,9 +382,9 @@ def test_short_ssd_training_run_and_reload(tmp_path, capsys, small_grid):
         assert torch.equal(ft['D'].state_dict()['spatial.' + name], t), name
 
 
-def _two_process_worker(rank, args, temp_dir):
+def _two_process_worker(proc, args):
     training_loop.setup_snapshot_image_grid = _small_grid
-    train.subprocess_fn(rank, args, temp_dir)
+    train.train_process(proc, args)
 
 
 def test_two_process_ssd_run(tmp_path):
@@ -392,9 +392,7 @@ def test_two_process_ssd_run(tmp_path):
     if not torch.distributed.is_available():
         pytest.skip('torch.distributed is not available')
     _, args = _tiny_run_args(tmp_path, 'ddp', cfg='ssd', gpus=2, gamma=1)
-    temp_dir = tmp_path / 'init'
-    temp_dir.mkdir()
-    torch.multiprocessing.spawn(fn=_two_process_worker, args=(args, str(temp_dir)), nprocs=2)
+    distributed.launch(_two_process_worker, num_procs=2, args=(args,))
     with open(os.path.join(args.run_dir, 'log.txt')) as f:
         assert 'Distributing across 2 processes' in f.read()
     snapshots = sorted(glob.glob(os.path.join(args.run_dir, 'network-snapshot-*.pkl')))

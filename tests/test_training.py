@@ -38,7 +38,7 @@ import generate  # noqa: E402
 import train  # noqa: E402
 from stylefreq import checkpoint, distributed  # noqa: E402
 from stylefreq.kwargs import EasyDict  # noqa: E402
-from training import networks, training_loop  # noqa: E402
+from training import config, networks, training_loop # noqa: E402
 from training.dataset import ImageFolderDataset  # noqa: E402
 from training.loss import StyleGAN2Loss  # noqa: E402
 
@@ -75,7 +75,7 @@ def tiny_args(run_dir, data='builtin:blobs16', z_dim=32, **flags):
     give), with a small z/w so a test iteration is cheap."""
     kwargs = dict(data=data, cbase=256, cmax=32, map=2, batch=8, workers=0, aug='noaug', metrics=[])
     kwargs.update(flags)
-    desc, args = train.setup_training_loop_kwargs(**kwargs)
+    desc, args = config.training_options(**kwargs)
     args.G_kwargs.z_dim = args.G_kwargs.w_dim = z_dim
     args.run_dir = str(run_dir)
     os.makedirs(run_dir, exist_ok=True)
@@ -165,7 +165,7 @@ AUTO_EXPECTED = {  # resolution -> (batch, gamma, ema_kimg, lrate, channel_base,
 
 @pytest.mark.parametrize('res', sorted(AUTO_EXPECTED))
 def test_auto_preset_matches_upstream(res):
-    desc, args = train.setup_training_loop_kwargs(data=f'builtin:blobs{res}')
+    desc, args = config.training_options(data=f'builtin:blobs{res}')
     batch, gamma, ema, lrate, cbase, mbstd = AUTO_EXPECTED[res]
     assert desc == f'blobs{res}-auto1'
     assert (args.batch_size, args.batch_gpu) == (batch, batch)
@@ -189,7 +189,7 @@ def test_presets_match_upstream():
         ('cifar', 1): (64, 32, 0.01, 500, 0.05, 0.0025, 32768, 2, 32, 100000),
     }
     for (cfg, gpus), (batch, batch_gpu, gamma, ema, ramp, lrate, cbase, map_, mbstd, kimg) in expected.items():
-        desc, args = train.setup_training_loop_kwargs(data='builtin:blobs32', cfg=cfg, gpus=gpus)
+        desc, args = config.training_options(data='builtin:blobs32', cfg=cfg, gpus=gpus)
         assert desc == f'blobs32-{cfg}' + (str(gpus) if cfg == 'auto' else ''), cfg
         got = (args.batch_size, args.batch_gpu, args.loss_kwargs.r1_gamma, args.ema_kimg, args.ema_rampup,
                args.G_opt_kwargs.lr, args.G_kwargs.synthesis_kwargs.channel_base,
@@ -198,12 +198,12 @@ def test_presets_match_upstream():
         assert args.num_gpus == gpus
         assert args.G_kwargs.synthesis_kwargs.channel_max == 512 and args.G_kwargs.z_dim == 512
         assert args.G_kwargs.synthesis_kwargs.num_fp16_res == 4 and args.D_kwargs.conv_clamp == 256
-    _, args = train.setup_training_loop_kwargs(data='builtin:blobs32', cfg='cifar')
+    _, args = config.training_options(data='builtin:blobs32', cfg='cifar')
     assert args.loss_kwargs == dict(class_name='training.loss.StyleGAN2Loss', r1_gamma=0.01, pl_weight=0,
                                     style_mixing_prob=0)
     assert args.D_kwargs.architecture == 'orig'
     # training_options.json keys in upstream's order.
-    _, args = train.setup_training_loop_kwargs(data='builtin:blobs32')
+    _, args = config.training_options(data='builtin:blobs32')
     assert list(args) == ['num_gpus', 'image_snapshot_ticks', 'network_snapshot_ticks', 'metrics', 'random_seed',
                           'training_set_kwargs', 'data_loader_kwargs', 'G_kwargs', 'D_kwargs', 'G_opt_kwargs',
                           'D_opt_kwargs', 'loss_kwargs', 'total_kimg', 'batch_size', 'batch_gpu', 'ema_kimg',
@@ -446,37 +446,33 @@ def trained_state():
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def ddp_worker(rank, args, temp_dir, out_dir):
-    """One process of a 2-process run: train through train.subprocess_fn, save this rank's weights,
-    then check the consistency check and the gradient all-reduce on a fresh process group."""
+def ddp_worker(proc, args, out_dir):
+    """One process of a 2-process run (started by stylefreq.distributed.launch): train through
+    train.py's process function, save this rank's weights, then check the consistency check and
+    the gradient all-reduce in the same process group."""
+    rank = proc.rank
     training_loop.setup_snapshot_image_grid = small_grid
-    train.subprocess_fn(rank, args, temp_dir)
+    train.train_process(proc, args)
     torch.save(trained_state(), os.path.join(out_dir, f'rank{rank}.pt'))
-
-    import torch.distributed as dist
-    dist.init_process_group('gloo', init_method=f'file://{os.path.join(out_dir, "init2")}', rank=rank, world_size=2)
+    results = {}
+    lin = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+        lin.bias.fill_(float(rank))          # the last tensor checked differs on rank 1
     try:
-        results = {}
-        lin = torch.nn.Linear(2, 3)
-        with torch.no_grad():
-            lin.weight.fill_(1.0)
-            lin.bias.fill_(float(rank))          # the last tensor checked differs on rank 1
-        try:
-            distributed.check_consistent(lin, 'lin')
-            results['consistency'] = 'passed'
-        except RuntimeError as err:
-            results['consistency'] = str(err)
-        # Rank 1 has no gradient for the bias (unused parameter): it counts as zero in the average.
-        lin.weight.grad = torch.full_like(lin.weight, 2.0 * (rank + 1))
-        lin.bias.grad = torch.full_like(lin.bias, 4.0) if rank == 0 else None
-        lin.weight.grad[0, 0] = float('nan') if rank == 1 else 1.0     # NaN on one rank: NaN in the mean, zeroed
-        results['nonfinite'] = int(training_loop.average_gradients(lin.parameters()))
-        results['weight_grad'] = lin.weight.grad.tolist()
-        results['bias_grad'] = lin.bias.grad.tolist()
-        with open(os.path.join(out_dir, f'checks{rank}.json'), 'w') as f:
-            json.dump(results, f)
-    finally:
-        dist.destroy_process_group()
+        distributed.check_consistent(lin, 'lin')
+        results['consistency'] = 'passed'
+    except RuntimeError as err:
+        results['consistency'] = str(err)
+    # Rank 1 has no gradient for the bias (unused parameter): it counts as zero in the average.
+    lin.weight.grad = torch.full_like(lin.weight, 2.0 * (rank + 1))
+    lin.bias.grad = torch.full_like(lin.bias, 4.0) if rank == 0 else None
+    lin.weight.grad[0, 0] = float('nan') if rank == 1 else 1.0     # NaN on one rank: NaN in the mean, zeroed
+    results['nonfinite'] = int(training_loop.average_gradients(lin.parameters()))
+    results['weight_grad'] = lin.weight.grad.tolist()
+    results['bias_grad'] = lin.bias.grad.tolist()
+    with open(os.path.join(out_dir, f'checks{rank}.json'), 'w') as f:
+        json.dump(results, f)
 
 
 def test_two_processes_match_one(tmp_path, quick_grids, monkeypatch):
@@ -493,8 +489,7 @@ def test_two_processes_match_one(tmp_path, quick_grids, monkeypatch):
     two_dir = tmp_path / 'two'
     args2 = deterministic_args(two_dir, num_gpus=2)
     assert (args2.batch_size, args2.batch_gpu) == (8, 4)
-    (tmp_path / 'dist').mkdir()
-    torch.multiprocessing.spawn(ddp_worker, args=(args2, str(tmp_path / 'dist'), str(tmp_path)), nprocs=2)
+    distributed.launch(ddp_worker, num_procs=2, args=(args2, str(tmp_path)))
     rank0, rank1 = torch.load(tmp_path / 'rank0.pt'), torch.load(tmp_path / 'rank1.pt')
 
     # The ranks hold identical weights (w_avg is a per-rank running mean, as upstream).

@@ -34,7 +34,6 @@ from stylefreq import checkpoint, distributed, files
 from stylefreq.kwargs import EasyDict, construct_class_by_name
 from stylefreq.progress import format_time
 from training import resume, training_stats
-from training.resume import copy_weights  # noqa: F401  (its historical home; tests and scripts import it here)
 
 # ---------------------------------------------------------------------------------------------------
 # Sample grids (reals.png, fakes_init.png, fakes<kimg>.png).
