@@ -21,7 +21,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from stylefreq import freqshift  # noqa: E402
+from stylefreq import features  # noqa: E402
 from stylefreq.kwargs import construct_class_by_name  # noqa: E402
 
 VARIANTS = ['plain', 'out', 'fsg16', 'noshift16', 'learn16']
@@ -31,7 +31,7 @@ def build(variant, res, args, device):
     base = dict(class_name='training.networks.Generator', z_dim=args.zdim, w_dim=args.zdim,
                 mapping_kwargs=dict(num_layers=2),
                 synthesis_kwargs=dict(channel_base=args.cbase, channel_max=args.cmax))
-    kwargs = base if variant == 'plain' else freqshift.freq_shift_G_kwargs(base, **freqshift.parse_freq_shift(variant))
+    kwargs = base if variant == 'plain' else features.freq_shift_G_kwargs(base, **features.parse_freq_shift(variant))
     torch.manual_seed(0)
     G = construct_class_by_name(**kwargs, c_dim=0, img_resolution=res, img_channels=3).to(device)
     if variant not in ('plain', 'out'):

@@ -137,8 +137,8 @@ def training_kwargs(args, data_path, run_dir, seed, freq_shift):
                         synthesis_kwargs=EasyDict(channel_base=args.cbase, channel_max=args.cmax, num_fp16_res=0,
                                                   conv_clamp=None))
     if freq_shift is not None:
-        from stylefreq import freqshift
-        G_kwargs = freqshift.freq_shift_G_kwargs(G_kwargs, **freq_shift)
+        from stylefreq import features
+        G_kwargs = features.freq_shift_G_kwargs(G_kwargs, **freq_shift)
     mbstd = min(4, args.batch)
     return EasyDict(
         run_dir=run_dir,

@@ -19,8 +19,12 @@ contain only JSON values, so they go into training_options.json as they are. Eve
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import re
 
-from stylefreq import freqshift
+from stylefreq.carriers import FSG16_CARRIERS, OUT_CARRIER, check_carriers
+from stylefreq.freqshift import FrequencyShiftedGenerator
+from stylefreq.kwargs import EasyDict
 from stylefreq.ssd import MODES as SSD_MODES, SSDDiscriminator
 
 SSD_MIN_RESOLUTION = 8       # the radial spectrum needs a few rings besides DC and the corners
@@ -101,6 +105,94 @@ def wrap_discriminator(D_kwargs: dict, choice: SSDChoice) -> dict:
 # ---------------------------------------------------------------------------------------------------
 # Frequency-shifted synthesis.
 
+# --freq-shift presets: name -> (mode, carriers).
+FREQ_SHIFT_PRESETS = {
+    'out': ('out', (OUT_CARRIER,)),
+    'fsg16': ('fsg', FSG16_CARRIERS),
+    'noshift16': ('noshift', FSG16_CARRIERS),
+    'learn16': ('learn', FSG16_CARRIERS),
+}
+
+
+_NUMBER = r'[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?'
+_COMPONENT = re.compile(rf'\s*({_NUMBER})\s*(?:/\s*({_NUMBER})\s*)?')
+
+
+def _parse_component(text, item):
+    m = _COMPONENT.fullmatch(text)
+    if m is None:
+        raise ValueError(f'{item!r} is not a carrier u,v of numbers or fractions such as 1/16')
+    num = float(m.group(1))
+    if m.group(2) is None:
+        return num
+    den = float(m.group(2))
+    if den == 0:
+        raise ValueError(f'{item!r} divides by zero')
+    # Fractions of integers stay exact (1/16 -> 0.0625 exactly); decimals go through float.
+    try:
+        return float(fractions.Fraction(m.group(1)) / fractions.Fraction(m.group(2)))
+    except (ValueError, ZeroDivisionError):
+        return num / den
+
+
+def parse_carriers(text):
+    """'1/16,0;0,1/16' -> ((0.0625, 0.0), (0.0, 0.0625)); ValueError (one sentence) on bad input.
+
+    Carriers are separated by ';', each is 'u,v' (optionally in parentheses) in cycles per pixel,
+    u along x (columns) and v along y (rows); numbers may be decimals or fractions.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError('expected a list of carriers u,v separated by ";" (e.g. 1/16,0;0,1/16)')
+    pairs = []
+    for item in text.strip().strip(';').split(';'):
+        body = item.strip()
+        if body.startswith('(') and body.endswith(')'):
+            body = body[1:-1]
+        parts = body.split(',')
+        if len(parts) != 2:
+            raise ValueError(f'{item.strip()!r} is not a carrier u,v (expected two numbers separated by a comma, '
+                             f'carriers separated by ";", e.g. 1/16,0;0,1/16)')
+        pairs.append(tuple(_parse_component(p, item.strip()) for p in parts))
+    return check_carriers(pairs)
+
+
+def parse_freq_shift(text):
+    """--freq-shift value -> None (no shift) or dict(mode=..., carriers=[[u, v], ...]).
+
+    Values: none, out, fsg16, noshift16, learn16, or an explicit carrier list (FSG branches at
+    those carriers). Raises ValueError with one sentence (without the flag name) on bad input.
+    """
+    if text is None:
+        return None
+    key = str(text).strip().lower()
+    if key in ('', 'none'):
+        return None
+    if key in FREQ_SHIFT_PRESETS:
+        mode, carriers = FREQ_SHIFT_PRESETS[key]
+        return dict(mode=mode, carriers=[list(c) for c in carriers])
+    if ',' not in key and re.match(r'[a-z]', key):
+        raise ValueError(f'{text!r} is neither none, {", ".join(FREQ_SHIFT_PRESETS)} nor a carrier list such as 1/16,0;0,1/16')
+    return dict(mode='fsg', carriers=[list(c) for c in parse_carriers(str(text))])
+
+
+def freq_shift_desc(text):
+    """Run-directory suffix for a --freq-shift value: 'fsg16', 'out', ..., 'fsgcustom'; None for none."""
+    spec = parse_freq_shift(text)
+    if spec is None:
+        return None
+    key = str(text).strip().lower()
+    return key if key in FREQ_SHIFT_PRESETS else 'fsgcustom'
+
+
+def freq_shift_G_kwargs(G_kwargs, mode, carriers=None, **options):
+    """Wrap a generator's class_name + kwargs into FrequencyShiftedGenerator kwargs (a new dict)."""
+    base_kwargs = EasyDict(G_kwargs)
+    if 'class_name' not in base_kwargs:
+        raise ValueError('G_kwargs must name the base generator with class_name')
+    return EasyDict(class_name=f'{FrequencyShiftedGenerator.__module__}.{FrequencyShiftedGenerator.__qualname__}', base_kwargs=base_kwargs, mode=mode,
+                    carriers=None if carriers is None else [list(map(float, c)) for c in carriers], **options)
+
+
 @dataclasses.dataclass(frozen=True)
 class FreqShiftChoice:
     value: str | None
@@ -115,12 +207,12 @@ class FreqShiftChoice:
 def freq_shift_choice(value) -> FreqShiftChoice:
     """Interpret --freq-shift (None or 'none' = off)."""
     try:
-        spec = freqshift.parse_freq_shift(value)
+        spec = parse_freq_shift(value)
     except ValueError as err:
         raise FeatureError(f'--freq-shift: {err}') from None
     if spec is None:
         return FreqShiftChoice(value=value)
-    return FreqShiftChoice(value=value, spec=spec, suffix=f'-{freqshift.freq_shift_desc(value)}')
+    return FreqShiftChoice(value=value, spec=spec, suffix=f'-{freq_shift_desc(value)}')
 
 
 def check_freq_shift_data(choice: FreqShiftChoice, resolution: int) -> None:
@@ -134,7 +226,7 @@ def wrap_generator(G_kwargs: dict, choice: FreqShiftChoice) -> dict:
     """G_kwargs around FrequencyShiftedGenerator when a shift is asked for (else G_kwargs itself)."""
     if not choice.enabled:
         return G_kwargs
-    return type(G_kwargs)(freqshift.freq_shift_G_kwargs(G_kwargs, **choice.spec))
+    return type(G_kwargs)(freq_shift_G_kwargs(G_kwargs, **choice.spec))
 
 
 # ---------------------------------------------------------------------------------------------------

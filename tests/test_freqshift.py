@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from stylefreq import carriers, checkpoint, freqshift
+from stylefreq import carriers, checkpoint, features
 from stylefreq.carriers import carrier_cos_sin, frequency_shift
 from stylefreq.freqshift import FrequencyShiftedGenerator
 from stylefreq.ops import upfirdn2d
@@ -499,19 +499,19 @@ def test_wrapper_errors_are_clear():
 
 
 def test_parse_freq_shift_values():
-    assert freqshift.parse_freq_shift(None) is None and freqshift.parse_freq_shift('none') is None
-    assert freqshift.parse_freq_shift('fsg16') == dict(mode='fsg', carriers=[list(c) for c in carriers.FSG16_CARRIERS])
-    assert freqshift.parse_freq_shift('out') == dict(mode='out', carriers=[[0.5, 0.5]])
-    assert freqshift.parse_freq_shift('noshift16')['mode'] == 'noshift'
-    assert freqshift.parse_freq_shift('learn16')['mode'] == 'learn'
-    assert freqshift.parse_freq_shift('1/16,0;0,1/16') == dict(mode='fsg', carriers=[[0.0625, 0.0], [0.0, 0.0625]])
-    assert freqshift.parse_freq_shift(' (0.5, -0.5) ; (-1/8,.25) ')['carriers'] == [[0.5, -0.5], [-0.125, 0.25]]
-    assert freqshift.freq_shift_desc('fsg16') == 'fsg16' and freqshift.freq_shift_desc('1/16,0') == 'fsgcustom'
+    assert features.parse_freq_shift(None) is None and features.parse_freq_shift('none') is None
+    assert features.parse_freq_shift('fsg16') == dict(mode='fsg', carriers=[list(c) for c in carriers.FSG16_CARRIERS])
+    assert features.parse_freq_shift('out') == dict(mode='out', carriers=[[0.5, 0.5]])
+    assert features.parse_freq_shift('noshift16')['mode'] == 'noshift'
+    assert features.parse_freq_shift('learn16')['mode'] == 'learn'
+    assert features.parse_freq_shift('1/16,0;0,1/16') == dict(mode='fsg', carriers=[[0.0625, 0.0], [0.0, 0.0625]])
+    assert features.parse_freq_shift(' (0.5, -0.5) ; (-1/8,.25) ')['carriers'] == [[0.5, -0.5], [-0.125, 0.25]]
+    assert features.freq_shift_desc('fsg16') == 'fsg16' and features.freq_shift_desc('1/16,0') == 'fsgcustom'
     for bad, match in [('fsg8', 'neither none'), ('1/16', 'is not a carrier u,v'), ('1/16,0,0', 'is not a carrier'),
                        ('0.6,0', 'outside'), ('1/0,0', 'divides by zero'), ('a,b', 'is not a carrier'),
                        ('nan,0', 'is not a carrier'), ('1/2,0;-1/2,0', 'same carrier')]:
         with pytest.raises(ValueError, match=match):
-            freqshift.parse_freq_shift(bad)
+            features.parse_freq_shift(bad)
 
 
 def _train_args(tmp_path, **flags):
@@ -589,7 +589,7 @@ def test_short_training_run_per_variant(freq_shift, tmp_path, monkeypatch):
     data = checkpoint.load_network_pkl(snapshot, verbose=False)
     G, G_ema = data['G'], data['G_ema']
     assert type(G_ema) is FrequencyShiftedGenerator
-    spec = freqshift.parse_freq_shift(freq_shift)
+    spec = features.parse_freq_shift(freq_shift)
     assert G_ema.synthesis.mode == spec['mode']
     assert all(torch.isfinite(p).all() for p in G.parameters())
     if spec['mode'] != 'out':
