@@ -199,6 +199,8 @@ Under torchrun the presets are computed for torchrun's number of processes.
               type=click.Choice(['official', 'joint']))
 @click.option('--freq-shift', help='Frequency-shifted synthesis: none, out, fsg16, noshift16, learn16 or carriers '
               'u,v;u,v in cycles/pixel, e.g. 1/16,0;0,1/16 [default: none]', metavar='SPEC')
+@click.option('--spectral-monitor', help='Report the generated images\' spectral discrepancy every tick '
+              '[default: true with --cfg=ssd or --freq-shift]', type=bool, metavar='BOOL')
 def main(ctx, outdir, dry_run, threads, **flags):
     torchrun = distributed.torchrun_world()
     is_rank0 = torchrun is None or torchrun[0] == 0

@@ -9,7 +9,7 @@ without its number) and an EasyDict of JSON values, the keyword arguments of
     training_set_kwargs, data_loader_kwargs, G_kwargs, D_kwargs, G_opt_kwargs, D_opt_kwargs,
     loss_kwargs, total_kimg, batch_size, batch_gpu, ema_kimg, ema_rampup, [ada_target],
     [augment_p], [augment_kwargs], [resume_pkl, ada_kimg | resume_progress], [cudnn_benchmark],
-    [allow_tf32]                                      (+ run_dir, added by `run_directory`)
+    [allow_tf32], [spectral_monitor]                  (+ run_dir, added by `run_directory`)
 
 Each concern is one function below, applied in that order: processes, data, preset, capacity,
 augmentation, resume, Freeze-D, performance, then the SSD / frequency-shift features
@@ -341,6 +341,16 @@ def _features(options, name, cfg, facts: DataFacts, ssd, ssd_lambda, ssd_mode, f
     name += [part for part in suffix.split('-') if part]
 
 
+def _spectral_monitor(options, flag):
+    """--spectral-monitor: on by default where the spectrum is what the run is about (the SSD branch
+    or a frequency shift); stylefreq's own key, not in the run's name."""
+    if flag is None:
+        flag = options.D_kwargs.class_name != 'training.networks.Discriminator' or \
+            options.G_kwargs.class_name != 'training.networks.Generator'
+    if flag:
+        options.spectral_monitor = True
+
+
 # ---------------------------------------------------------------------------------------------------
 # Entry points.
 
@@ -348,7 +358,7 @@ def training_options(*, data=None, gpus=None, snap=None, metrics=None, seed=None
                      mirror=None, cfg=None, gamma=None, kimg=None, batch=None, aug=None, p=None, target=None,
                      augpipe=None, resume=None, freezed=None, fp32=None, nhwc=None, nobench=None, allow_tf32=None,
                      workers=None, cbase=None, cmax=None, map=None, mbstd_group=None, ssd=None, ssd_lambda=None,
-                     ssd_mode=None, freq_shift=None):
+                     ssd_mode=None, freq_shift=None, spectral_monitor=None):
     """(desc, options) for a new run; see the module docstring. Flags are train.py's (None = not given)."""
     options, name = EasyDict(), []
     _general(options, process_count(gpus), snap, metrics, seed)
@@ -360,19 +370,21 @@ def training_options(*, data=None, gpus=None, snap=None, metrics=None, seed=None
     _freeze(options, name, freezed)
     _performance(options, fp32, nhwc, nobench, allow_tf32, workers)
     _features(options, name, cfg, facts, ssd, ssd_lambda, ssd_mode, freq_shift)
+    _spectral_monitor(options, spectral_monitor)
     return '-'.join(name), options
 
 
 # Flags that may change when a run directory is continued: the schedule, evaluation and loading,
 # none of which changes what the networks learn from.
-CONTINUE_FLAGS = ('kimg', 'snap', 'metrics', 'workers')
+CONTINUE_FLAGS = ('kimg', 'snap', 'metrics', 'workers', 'spectral_monitor')
 
 
-def continued_run_options(run_dir, *, gpus=None, kimg=None, snap=None, metrics=None, workers=None, **others):
+def continued_run_options(run_dir, *, gpus=None, kimg=None, snap=None, metrics=None, workers=None,
+                          spectral_monitor=None, **others):
     """(options, snapshot path) to continue `run_dir` in place from its latest snapshot.
 
-    The options are the run's own training_options.json with --kimg, --snap, --metrics and
-    --workers applied; any other flag given is an error, since it would silently be ignored.
+    The options are the run's own training_options.json with --kimg, --snap, --metrics, --workers
+    and --spectral-monitor applied; any other flag given is an error, since it would silently be ignored.
     """
     try:
         snapshot = resume.latest_snapshot(run_dir)
@@ -395,6 +407,10 @@ def continued_run_options(run_dir, *, gpus=None, kimg=None, snap=None, metrics=N
         options.metrics = _metrics(metrics)
     if workers is not None:
         options.data_loader_kwargs.num_workers = _integer(workers, 0, '--workers')
+    if spectral_monitor is not None:
+        options.pop('spectral_monitor', None)
+        if spectral_monitor:
+            options.spectral_monitor = True
 
     # The latest snapshot replaces whatever an earlier continuation recorded; run_dir stays last.
     for key in ('resume_pkl', 'resume_progress', 'run_dir'):

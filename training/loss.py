@@ -57,6 +57,9 @@ class StyleGAN2Loss(Loss):
         self.pl_weight = pl_weight
         # Running mean of the path lengths (the penalty's target); the loop saves it with a snapshot.
         self.pl_mean = torch.zeros([], device=device)
+        # Optional callable given every batch of generated images of the G main term (the training
+        # loop's spectral monitor): it sees what G made without an extra generator pass.
+        self.observe_fakes = None
 
     # -- forward passes -----------------------------------------------------------------------------
 
@@ -121,6 +124,8 @@ class StyleGAN2Loss(Loss):
 
     def _generator_main(self, gen_z, gen_c, gain):
         fake, _ = self.run_G(gen_z, gen_c)
+        if self.observe_fakes is not None:
+            self.observe_fakes(fake.detach())
         logits, _ = self._augment_and_score(fake, gen_c)
         training_stats.report('Loss/scores/fake', logits)
         training_stats.report('Loss/signs/fake', logits.sign())

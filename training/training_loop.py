@@ -34,6 +34,7 @@ from stylefreq import checkpoint, distributed, files
 from stylefreq.kwargs import EasyDict, construct_class_by_name
 from stylefreq.progress import format_time
 from training import resume, training_stats
+from training.spectral_monitor import SpectralMonitor, real_mean_spectrum, save_curve
 
 # ---------------------------------------------------------------------------------------------------
 # Sample grids (reals.png, fakes_init.png, fakes<kimg>.png).
@@ -246,7 +247,7 @@ def training_loop(
     batch_size=4, batch_gpu=4, ema_kimg=10, ema_rampup=None, G_reg_interval=4, D_reg_interval=16, augment_p=0,
     ada_target=None, ada_interval=4, ada_kimg=500, total_kimg=25000, kimg_per_tick=4, image_snapshot_ticks=50,
     network_snapshot_ticks=50, resume_pkl=None, resume_progress=False, cudnn_benchmark=True, allow_tf32=False,
-    abort_fn=None, progress_fn=None, tick_fn=None, device=None,
+    spectral_monitor=False, abort_fn=None, progress_fn=None, tick_fn=None, device=None,
 ):
     """Train as the options say. `progress_fn(kimg, total_kimg)` is called before the first
     iteration and at every tick, `abort_fn()` at every tick (True ends the run after a snapshot),
@@ -349,6 +350,15 @@ def training_loop(
             if not os.path.exists(os.path.join(run_dir, name)):      # a continued run keeps its originals
                 save_image_grid(draw(), os.path.join(run_dir, name), drange=drange, grid_size=grid_size)
 
+    monitor = None
+    if spectral_monitor:
+        say('Measuring the spectrum of the training images...')
+        monitor = SpectralMonitor(real_mean_spectrum(training_set_kwargs, num_gpus, rank, device), device)
+        if hasattr(loss, 'observe_fakes'):
+            loss.observe_fakes = monitor.observe
+        else:
+            say(f'warning: {type(loss).__name__} has no observe_fakes hook; the spectral monitor sees no images')
+
     tick_stats = training_stats.Collector()
     logs = _RunLogs(run_dir, say) if leader else None
     say(f'Training for {total_kimg} kimg...\n')
@@ -413,11 +423,14 @@ def training_loop(
             if zeroed:
                 say(f'warning: {zeroed} non-finite gradient values in phase {phase.name} at kimg {seen / 1000:.1f} '
                     f'were replaced by 0')
+        if monitor is not None:
+            monitor.finish_tick()
         fields = (('tick', f'{tick:<5d}'), ('kimg', f'{seen / 1000:<8.1f}'), ('time', f'{format_time(elapsed):<12s}'),
                   ('sec/tick', f'{tick_sec:<7.1f}'), ('sec/kimg', f'{sec_per_kimg:<7.2f}'),
                   ('maintenance', f'{maintenance_sec:<6.1f}'), ('cpumem', f'{cpu_gb:<6.2f}'),
                   ('gpumem', f'{gpu_gb:<6.2f}'), ('augment', f'{p_now:.3f}'))
-        say(' '.join(f'{label} {value}' for label, value in fields))
+        say(' '.join(f'{label} {value}' for label, value in fields)
+            + ('' if monitor is None else '   ' + monitor.tick_summary()))
         if not done and abort_fn is not None and abort_fn():
             done = True
             say('Aborting...')
@@ -449,6 +462,8 @@ def training_loop(
                     D_opt=resume.state_to_cpu(optimizers['D'].state_dict()),
                     pl_mean=float(loss.pl_mean) if hasattr(loss, 'pl_mean') else None)
                 checkpoint.save_network_pkl(snapshot_pkl, record)
+                if monitor is not None:
+                    monitor.save_spectrum(os.path.join(run_dir, f'spectrum-{seen // 1000:06d}.png'))
             for name in metrics:
                 results.append(metric_main.calc_metric(metric=name, G=G_ema, dataset_kwargs=training_set_kwargs,
                                                        num_gpus=num_gpus, rank=rank, device=device))
@@ -461,6 +476,8 @@ def training_loop(
         stats = tick_stats.as_dict()
         if logs is not None:
             logs.write(stats, results, kimg=seen / 1000, elapsed=time.time() - launched)
+            if monitor is not None and due(network_snapshot_ticks):
+                save_curve(run_dir)             # spectral-monitor.png, redrawn from stats.jsonl
 
         # Hook point for per-tick monitors (e.g. spectral statistics): called on every process with
         # what the tick produced; `images` are the fakes rendered above (None in ticks without a grid).
