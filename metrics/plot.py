@@ -90,20 +90,18 @@ def line_chart(series, title='', xlabel='', ylabel='', size=(480, 320), vlines=(
     px = lambda x: x0 + (x - xlo) / (xhi - xlo) * (x1 - x0)
     py = lambda y: y1 - (y - ylo) / (yhi - ylo) * (y1 - y0)
 
-    for t in nice_ticks(ylo, yhi):
-        if ylo <= t <= yhi:
-            y = py(t)
-            draw.line([(x0, y), (x1, y)], fill=_GRID)
-            label = _fmt(t)
-            tw, th = _text_size(draw, label, font)
-            draw.text((x0 - 4 - tw, y - th / 2 - 1), label, fill=_FG, font=font)
-    for t in nice_ticks(xlo, xhi):
-        if xlo <= t <= xhi:
-            x = px(t)
-            draw.line([(x, y0), (x, y1)], fill=_GRID)
-            label = _fmt(t)
-            tw, _th = _text_size(draw, label, font)
-            draw.text((x - tw / 2, y1 + 4), label, fill=_FG, font=font)
+    # Grid lines with their tick labels: left of the plot for y, below it for x.
+    ticks = [(t, 'y') for t in nice_ticks(ylo, yhi) if ylo <= t <= yhi] + \
+            [(t, 'x') for t in nice_ticks(xlo, xhi) if xlo <= t <= xhi]
+    for t, axis in ticks:
+        label = _fmt(t)
+        tw, th = _text_size(draw, label, font)
+        if axis == 'y':
+            draw.line([(x0, py(t)), (x1, py(t))], fill=_GRID)
+            draw.text((x0 - 4 - tw, py(t) - th / 2 - 1), label, fill=_FG, font=font)
+        else:
+            draw.line([(px(t), y0), (px(t), y1)], fill=_GRID)
+            draw.text((px(t) - tw / 2, y1 + 4), label, fill=_FG, font=font)
     for v in vlines:
         if xlo <= v <= xhi:
             x = px(v)

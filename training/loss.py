@@ -46,15 +46,9 @@ class StyleGAN2Loss(Loss):
                  pl_batch_shrink=2, pl_decay=0.01, pl_weight=2):
         super().__init__()
         self.device = device
-        self.G_mapping = G_mapping
-        self.G_synthesis = G_synthesis
-        self.D = D
-        self.augment_pipe = augment_pipe
-        self.style_mixing_prob = style_mixing_prob
-        self.r1_gamma = r1_gamma
-        self.pl_batch_shrink = pl_batch_shrink
-        self.pl_decay = pl_decay
-        self.pl_weight = pl_weight
+        self.G_mapping, self.G_synthesis, self.D, self.augment_pipe = G_mapping, G_synthesis, D, augment_pipe
+        self.style_mixing_prob, self.r1_gamma = style_mixing_prob, r1_gamma
+        self.pl_batch_shrink, self.pl_decay, self.pl_weight = pl_batch_shrink, pl_decay, pl_weight
         # Running mean of the path lengths (the penalty's target); the loop saves it with a snapshot.
         self.pl_mean = torch.zeros([], device=device)
         # Optional callable given every batch of generated images of the G main term (the training
