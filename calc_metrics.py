@@ -18,8 +18,8 @@ import tempfile
 import click
 import torch
 
-from metrics import metric_main, metric_utils
-from stylefreq import checkpoint, distributed
+from metrics import metric_main
+from stylefreq import checkpoint, distributed, metric_streams, progress
 from stylefreq.files import write_text
 from stylefreq.kwargs import EasyDict, registered_class
 from training.dataset import Dataset, DatasetError
@@ -181,7 +181,7 @@ def plan(metrics, network, data, mirror, verbose, images, inception_url, vgg16_u
 # ---------------------------------------------------------------------------------------------
 # Evaluation (in every process).
 
-_RUN_ERRORS = (metric_utils.MetricError, DatasetError, OSError)
+_RUN_ERRORS = (metric_streams.MetricError, DatasetError, OSError)
 
 
 def evaluate(proc, job: Evaluation):
@@ -192,7 +192,7 @@ def evaluate(proc, job: Evaluation):
             result = metric_main.calc_metric(metric=metric, G=job.G, dataset_kwargs=job.dataset_kwargs,
                                              gen_dataset_kwargs=job.gen_dataset_kwargs,
                                              num_gpus=proc.world_size, rank=proc.rank, device=proc.device,
-                                             progress=metric_utils.ProgressMonitor(verbose=job.verbose),
+                                             progress=progress.ProgressMonitor(verbose=job.verbose),
                                              detector_urls=job.detector_urls)
             if proc.rank == 0:
                 metric_main.report_metric(result, run_dir=job.run_dir, snapshot_pkl=job.snapshot_pkl)

@@ -2,7 +2,7 @@
 
 Two figures per resolution:
 - `spectra_s_per_1k`: the spectral work alone (uint8 batch -> grayscale, Hann window, FFT, power,
-  batch sum; `metrics.specdisc.batch_power_sum`) on random images already in memory;
+  batch sum; `stylefreq.specmetrics.batch_power_sum`) on random images already in memory;
 - `metric_s_per_1k`: the whole `specdisc` metric through `calc_metric`, real and "generated" sides
   both read from the procedural dataset `builtin:blobs<R>` (512 images each, decoding included, no
   generator, no statistics cache), per 1,000 images processed (real + generated).
@@ -24,18 +24,19 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from metrics import metric_main, specdisc  # noqa: E402
+from metrics import metric_main  # noqa: E402
+from stylefreq import specmetrics  # noqa: E402
 
 
 def time_spectra(res, batch, repeats, device):
     images = torch.randint(0, 256, [batch, 3, res, res], dtype=torch.uint8, device=device)
-    specdisc.batch_power_sum(images)   # warm-up
+    specmetrics.batch_power_sum(images)   # warm-up
     best = float('inf')
     for _ in range(repeats):
         if device.type == 'cuda':
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        specdisc.batch_power_sum(images)
+        specmetrics.batch_power_sum(images)
         if device.type == 'cuda':
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)

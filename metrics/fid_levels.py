@@ -15,25 +15,11 @@ e^(-1/2).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from stylefreq.specmetrics import FID_LEVELS_DEFINITION as DEFINITION  # noqa: F401 (the computations live in stylefreq)
-from stylefreq.specmetrics import FID_LEVELS_SIGMAS as SIGMAS, FID_LEVELS_TAPS as TAPS
-from stylefreq.specmetrics import _band_matrix, cutoff_frequency, gaussian_highpass, gaussian_kernel  # noqa: F401
-from stylefreq.specmetrics import fid_levels_key as result_key
+from stylefreq import specmetrics
+from stylefreq.specmetrics import FID_LEVELS_SIGMAS, cutoff_frequency
 
-from . import frechet, metric_utils, plot
-
-
-def _levels_process(detector, sigmas):
-    def process(images):
-        x = metric_utils.to_rgb(images).to(torch.float32) / 127.5 - 1
-        out = {}
-        for i, sigma in enumerate(sigmas):
-            h = gaussian_highpass(x, sigma)
-            out[f'level{i}'] = detector((h + 1) * 127.5, return_features=True)
-        return out
-    return process
+from . import metric_utils, plot
 
 
 def draw_figure(sigmas, fids, prefix):
@@ -43,22 +29,10 @@ def draw_figure(sigmas, fids, prefix):
                            size=(560, 360), xlim=(0.0, max(fc) * 1.05 if max(fc) > 0 else 1.0))
 
 
-def compute_fid_levels(opts, prefix, num_gen, max_real, sigmas=SIGMAS):
+def compute_fid_levels(opts, prefix, num_gen, max_real, sigmas=FID_LEVELS_SIGMAS):
     url = metric_utils.detector_url(opts, 'inception')
     detector = metric_utils.get_feature_detector(url, opts.device, opts.num_gpus, opts.rank, opts.verbose())
-    process = _levels_process(detector, sigmas)
-
-    real_stream = metric_utils.DatasetStream(opts, opts.dataset_kwargs, max_items=max_real, tag='dataset levels')
-    make_real = lambda: {f'level{i}': metric_utils.FeatureStats(capture_mean_cov=True) for i in range(len(sigmas))}
-    key = dict(definition=DEFINITION, detector_url=str(url), sigmas=[float(s) for s in sigmas], taps=TAPS)
-    real = metric_utils.cached_dataset_stats(opts, real_stream, process, make_real,
-                                             metric_utils.detector_name(url) + '-levels', key)
-
-    gen_stream = metric_utils.generated_stream(opts, num_gen, tag='generator levels')
-    gen = metric_utils.accumulate_stream(opts, gen_stream, process, make_real)
-
-    fids = [frechet.fid_from_stats(real[f'level{i}'], gen[f'level{i}']) for i in range(len(sigmas))]
-    results = {result_key(prefix, s): f for s, f in zip(sigmas, fids)}
+    results, fids = specmetrics.fid_levels(opts, detector, url, prefix, num_gen, max_real, sigmas)
     if opts.rank == 0:
         opts.figures[''] = draw_figure(sigmas, np.array(fids), prefix)
     return results

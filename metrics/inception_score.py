@@ -3,6 +3,7 @@ splits. Class probabilities come from the Inception detector with `no_output_bia
 
 import numpy as np
 
+from stylefreq import metric_streams
 from . import metric_utils
 
 
@@ -10,7 +11,7 @@ def inception_score_from_probs(probs, num_splits):
     probs = np.asarray(probs, np.float64)
     n = probs.shape[0]
     if n < num_splits:
-        raise metric_utils.MetricError(f'IS with {num_splits} splits needs at least {num_splits} images, got {n}')
+        raise metric_streams.MetricError(f'IS with {num_splits} splits needs at least {num_splits} images, got {n}')
     scores = []
     for i in range(num_splits):
         part = probs[i * n // num_splits:(i + 1) * n // num_splits]

@@ -3,6 +3,7 @@ averaged over `num_subsets` random subsets of size m = min(n_real, n_gen, max_su
 
 import numpy as np
 
+from stylefreq import metric_streams
 from . import metric_utils
 
 
@@ -17,7 +18,7 @@ def kid_from_features(real, gen, num_subsets, max_subset_size, seed=0) -> float:
     d = real.shape[1]
     m = min(real.shape[0], gen.shape[0], max_subset_size)
     if m < 2:
-        raise metric_utils.MetricError(f'KID needs at least 2 images per side, got {m}')
+        raise metric_streams.MetricError(f'KID needs at least 2 images per side, got {m}')
     rnd = np.random.RandomState(seed)
     total = 0.0
     for _ in range(num_subsets):

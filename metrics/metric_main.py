@@ -1,6 +1,6 @@
 """The metric registry: names -> metric functions, evaluation, and metric-<name>.jsonl reports.
 
-A metric function takes a `metric_utils.MetricOptions` and returns {result key: number}; it is
+A metric function takes a `metric_streams.MetricOptions` and returns {result key: number}; it is
 registered under its function name with `register_metric`, so a plugin metric only needs the
 decorator (and its module imported before train.py validates --metrics). Families with a size in
 the name (`specdisc5k`, `fid_levels10k`) are registered with `register_metric_family`.
@@ -18,11 +18,12 @@ import time
 
 import torch
 
+from stylefreq import metric_streams
 from stylefreq.files import atomic_write
 from stylefreq.kwargs import EasyDict
 from stylefreq.progress import format_time
 
-from . import fid_levels, frechet, inception_score, kid, metric_utils, perceptual_path_length, precision_recall
+from . import fid_levels, frechet, inception_score, kid, perceptual_path_length, precision_recall
 from . import specdisc
 
 _metric_dict = {}       # name -> fn(opts) -> dict
@@ -100,12 +101,12 @@ def calc_metric(metric, **kwargs) -> MetricResult:
     """Evaluate one metric; kwargs are MetricOptions' (G, dataset_kwargs, num_gpus, rank, device,
     progress, cache, detector_urls, gen_dataset_kwargs, ...). Every rank gets rank 0's numbers."""
     compute = _metric_function(metric)
-    options = metric_utils.MetricOptions(**kwargs)
+    options = metric_streams.MetricOptions(**kwargs)
     started = time.time()
     values = compute(options)
     seconds = time.time() - started
     if not isinstance(values, dict):
-        raise metric_utils.MetricError(f'metric {metric} returned a {type(values).__name__}, not a dict of results')
+        raise metric_streams.MetricError(f'metric {metric} returned a {type(values).__name__}, not a dict of results')
     results = _from_rank0(options, {str(key): float(value) for key, value in values.items()})
     return MetricResult(results=EasyDict(results), metric=metric, total_time=seconds,
                         total_time_str=format_time(seconds), num_gpus=options.num_gpus, figures=options.figures)

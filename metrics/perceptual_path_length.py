@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stylefreq import metric_streams
 from . import metric_utils
 
 _MAPPING_KEYS = ('truncation_psi', 'truncation_cutoff')
@@ -43,9 +44,9 @@ class _PathSampler:
 
     def __init__(self, opts, epsilon, space, sampling, crop, batch_size, vgg16):
         if space not in ('z', 'w'):
-            raise metric_utils.MetricError(f"PPL space must be 'z' or 'w', got {space!r}")
+            raise metric_streams.MetricError(f"PPL space must be 'z' or 'w', got {space!r}")
         if sampling not in ('full', 'end'):
-            raise metric_utils.MetricError(f"PPL sampling must be 'full' or 'end', got {sampling!r}")
+            raise metric_streams.MetricError(f"PPL sampling must be 'full' or 'end', got {sampling!r}")
         self.opts = opts
         self.G = copy.deepcopy(opts.G).eval().requires_grad_(False).to(opts.device)
         self.epsilon, self.space, self.sampling, self.crop = float(epsilon), space, sampling, crop
@@ -58,9 +59,9 @@ class _PathSampler:
         self.labels = None
         c_dim = int(getattr(self.G, 'c_dim', 0))
         if c_dim > 0:
-            self.labels = metric_utils.open_dataset(opts.dataset_kwargs)
+            self.labels = metric_streams.open_dataset(opts.dataset_kwargs)
             if self.labels.label_dim != c_dim:
-                raise metric_utils.MetricError(f'the generator is conditional (c_dim={c_dim}) but dataset '
+                raise metric_streams.MetricError(f'the generator is conditional (c_dim={c_dim}) but dataset '
                                                f'{self.labels.name} has label dimension {self.labels.label_dim}')
         digest = hashlib.md5(f'{opts.seed}/ppl'.encode()).digest()
         self.seed_base = int.from_bytes(digest[:4], 'little')
@@ -129,7 +130,7 @@ class _PathSampler:
 def compute_ppl(opts, num_samples, epsilon, space, sampling, crop, batch_size):
     """PPL over `num_samples` samples; `batch_size` pairs go through G and the detector at a time."""
     if opts.G is None:
-        raise metric_utils.MetricError('perceptual path length needs a generator network, not a folder of images')
+        raise metric_streams.MetricError('perceptual path length needs a generator network, not a folder of images')
     url = metric_utils.detector_url(opts, 'vgg16')
     vgg16 = metric_utils.get_feature_detector(url, opts.device, opts.num_gpus, opts.rank, opts.verbose())
     sampler = _PathSampler(opts, epsilon, space, sampling, crop, batch_size, vgg16)
@@ -149,7 +150,7 @@ def compute_ppl(opts, num_samples, epsilon, space, sampling, crop, batch_size):
 
     devices = [opts.device] if opts.device.type == 'cuda' else []
     with torch.random.fork_rng(devices=devices):
-        metric_utils.run_distributed(opts, num_batches, process_batch, consume, ['dist'])
+        metric_streams.run_distributed(opts, num_batches, process_batch, consume, ['dist'])
     dist = np.concatenate(collected)
     lo = np.percentile(dist, 1, method='lower')
     hi = np.percentile(dist, 99, method='higher')

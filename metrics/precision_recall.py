@@ -8,6 +8,7 @@ generated manifold. Distances are computed in float32, row batches split across 
 
 import torch
 
+from stylefreq import metric_streams
 from . import metric_utils
 
 
@@ -17,7 +18,7 @@ def _split_rows(opts, num_rows, row_batch_size, fn):
     parts = [None] * num_batches
     process = lambda g: {'v': fn(g * row_batch_size, min((g + 1) * row_batch_size, num_rows))}
     consume = lambda g, out: parts.__setitem__(g, out['v'])
-    metric_utils.run_distributed(opts, num_batches, process, consume, ['v'])
+    metric_streams.run_distributed(opts, num_batches, process, consume, ['v'])
     return torch.cat(parts) if parts else torch.zeros([0, 1], dtype=torch.float64)
 
 
@@ -54,7 +55,7 @@ def precision_recall_from_features(opts, real, gen, nhood_size, row_batch_size, 
     results = {}
     for name, manifold, probes in [('precision', real, gen), ('recall', gen, real)]:
         if manifold.shape[0] <= nhood_size:
-            raise metric_utils.MetricError(f'precision/recall with k={nhood_size} needs more than {nhood_size} images '
+            raise metric_streams.MetricError(f'precision/recall with k={nhood_size} needs more than {nhood_size} images '
                                            f'per side, got {manifold.shape[0]}')
         radii = _kth_radii(opts, manifold, nhood_size, row_batch_size, col_batch_size)
         results[name] = float(_inside(opts, probes, manifold, radii, row_batch_size, col_batch_size).mean())

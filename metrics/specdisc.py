@@ -18,35 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from stylefreq.specmetrics import (SPECDISC_BANDS as BANDS, SPECDISC_DEFINITION as DEFINITION,  # noqa: F401
-                                   SPECDISC_LOG_EPS as LOG_EPS, band_masks, batch_power_sum, radial_db_profile)
-from stylefreq.specmetrics import spectral_discrepancy
+from stylefreq import specmetrics
+from stylefreq.specmetrics import SPECDISC_BANDS, radial_db_profile
 
-from . import metric_utils, plot
-
-
-def mean_power_spectrum(opts, stream, cached=False):
-    """Pbar [H, W] (float64 numpy) of a stream of images."""
-    make = lambda: {'power_sum': metric_utils.FeatureStats(capture_mean=True)}
-    process = lambda images: {'power_sum': batch_power_sum(images)}
-    if cached:
-        stats = metric_utils.cached_dataset_stats(opts, stream, process, make, 'power-spectrum',
-                                                  dict(definition=DEFINITION), tag='dataset spectra')
-    else:
-        stats = metric_utils.accumulate_stream(opts, stream, process, make, tag='generator spectra')
-    s = stats['power_sum']
-    if s.num_features is None or stream.num_items == 0:
-        raise metric_utils.MetricError('specdisc: no images')
-    _c, H, W = stream.image_shape
-    return (s.raw_mean / stream.num_items).reshape(H, W)    # raw_mean holds the sum of the batch sums
-
-
-def discrepancy(pbar_real, pbar_gen):
-    """{'all', 'low', 'mid', 'high', 'leakage'} from the two mean 2-D power spectra."""
-    try:
-        return spectral_discrepancy(pbar_real, pbar_gen)
-    except ValueError as err:
-        raise metric_utils.MetricError(str(err)) from None
+from . import plot
 
 
 def draw_figure(pbar_real, pbar_gen, results, prefix):
@@ -55,7 +30,7 @@ def draw_figure(pbar_real, pbar_gen, results, prefix):
     _, Lg = radial_db_profile(pbar_gen)
     keep = freqs > 0
     f, Lr, Lg = freqs[keep], Lr[keep], Lg[keep]
-    edges = [hi for _n, _lo, hi in BANDS if np.isfinite(hi)]
+    edges = [hi for _n, _lo, hi in SPECDISC_BANDS if np.isfinite(hi)]
     H, W = pbar_real.shape
     profiles = plot.line_chart([('real', f, Lr), ('generated', f, Lg)], title='mean power spectrum, radial profile',
                                xlabel='frequency (cycles/pixel)', ylabel='power (dB)', vlines=edges)
@@ -77,11 +52,7 @@ def draw_figure(pbar_real, pbar_gen, results, prefix):
 
 
 def compute_specdisc(opts, prefix, num_gen, max_real):
-    real_stream = metric_utils.DatasetStream(opts, opts.dataset_kwargs, max_items=max_real, tag='dataset spectra')
-    pbar_real = mean_power_spectrum(opts, real_stream, cached=True)
-    gen_stream = metric_utils.generated_stream(opts, num_gen, tag='generator spectra')
-    pbar_gen = mean_power_spectrum(opts, gen_stream)
-    results = {f'{prefix}_{k}': v for k, v in discrepancy(pbar_real, pbar_gen).items()}
+    results, pbar_real, pbar_gen = specmetrics.specdisc(opts, prefix, num_gen, max_real)
     if opts.rank == 0:
         opts.figures[''] = draw_figure(pbar_real, pbar_gen, results, prefix)
     return results

@@ -29,7 +29,6 @@ import torch
 
 from stylefreq import files, persistence, records, safe_pickle
 from stylefreq.download import open_url
-from stylefreq.download import DownloadError, make_cache_dir_path, set_cache_dir  # noqa: F401  TEMPORARY during the rewrite
 from stylefreq.kwargs import EasyDict
 from stylefreq.safe_pickle import (CheckpointError, OwnRecord, ReferencedModule, UnsafePickleError,  # noqa: F401
                                    UnsupportedPickleError, UpstreamObject)

@@ -204,3 +204,23 @@ def check_consistent(module: torch.nn.Module, what: str, ignore_suffixes=('.w_av
         dist.broadcast(other, src=0)
         if not torch.equal(torch.nan_to_num(other), torch.nan_to_num(t.detach())):
             raise RuntimeError(f'{what}.{name} differs between processes; the run is no longer consistent')
+
+
+def all_gather_matrices(x, device=None) -> list:
+    """Every process's 2-D tensor `x` (or None: nothing this time), as float64 CPU tensors in rank
+    order; shapes may differ between processes. `device`: where the collective runs (CUDA for NCCL)."""
+    if not is_distributed():
+        return [None if x is None else x.detach().to(torch.float64).cpu()]
+    world = dist.get_world_size()
+    dev = torch.device(device) if device is not None and torch.device(device).type == 'cuda' else torch.device('cpu')
+    shape = torch.tensor([-1, 0] if x is None else list(x.shape), dtype=torch.int64, device=dev)
+    shapes = [torch.empty_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    shapes = [tuple(int(v) for v in s.cpu()) for s in shapes]
+    rows, cols = max(max(s[0] for s in shapes), 1), max(max(s[1] for s in shapes), 1)
+    buf = torch.zeros([rows, cols], dtype=torch.float64, device=dev)
+    if x is not None:
+        buf[:x.shape[0], :x.shape[1]] = x.detach().to(torch.float64)
+    parts = [torch.empty_like(buf) for _ in range(world)]
+    dist.all_gather(parts, buf)
+    return [None if s[0] < 0 else p[:s[0], :s[1]].cpu() for s, p in zip(shapes, parts)]

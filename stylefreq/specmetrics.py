@@ -1,21 +1,21 @@
-"""The pure computations of the spectral metrics (specdisc, FID levels), on image batches and arrays.
+"""The spectral metrics, specdisc and FID levels, computed over metric streams.
 
-They live here, inside the plugin library, so that both stylefreq's metric registry
-(`metrics/specdisc.py`, `metrics/fid_levels.py`: streams, caching, figures) and the adapters that a
-patched StyleGAN2-ADA checkout registers in its own `metrics.metric_main` (`stylefreq.upstream`)
-compute exactly the same numbers. This module imports only torch, numpy, scipy and stylefreq
-(never the engine's `training/` or `metrics/` packages, whose names an upstream checkout shadows).
-The definitions are documented in metrics/specdisc.py and metrics/fid_levels.py.
+Both stylefreq's metric registry (metrics/specdisc.py, metrics/fid_levels.py add names and
+figures) and the metrics a patched StyleGAN2-ADA checkout registers (stylefreq.upstream) call these
+functions, on the same streams (stylefreq.metric_streams), so both give the same numbers for the
+same images. The definitions are in the README ("Metrics").
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
 
-from stylefreq import spectral
+from stylefreq import metric_streams, spectral
+from stylefreq.feature_stats import FeatureStats
 
 # ------------------------------------------------------------------------------------------------
 # specdisc.
@@ -117,12 +117,6 @@ def gaussian_highpass(x, sigma, taps=FID_LEVELS_TAPS):
     return x - blurred
 
 
-def highpass_levels(images, sigmas=FID_LEVELS_SIGMAS):
-    """uint8 RGB [N, 3, H, W] -> per sigma the float detector input 127.5 (h + 1), h = highpass(x)."""
-    x = images.to(torch.float32) / 127.5 - 1
-    return [(gaussian_highpass(x, s) + 1) * 127.5 for s in sigmas]
-
-
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), float64, real part of scipy's sqrtm."""
     import scipy.linalg
@@ -130,3 +124,61 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     covmean = np.real(scipy.linalg.sqrtm(sigma1 @ sigma2))
     return float(np.square(mu1 - mu2).sum() + np.trace(sigma1 + sigma2 - 2 * covmean))
+
+
+def frechet_from_stats(stats_a, stats_b) -> float:
+    """Fréchet distance of the Gaussian fits of two FeatureStats (captured with mean and covariance)."""
+    mu_a, sigma_a = stats_a.get_mean_cov()
+    mu_b, sigma_b = stats_b.get_mean_cov()
+    return frechet_distance(mu_a, sigma_a, mu_b, sigma_b)
+
+
+# ------------------------------------------------------------------------------------------------
+# Over streams.
+
+def mean_power_spectrum(opts, stream, cached=False):
+    """Pbar [H, W] (float64 numpy) of a stream of images; a dataset stream through the cache."""
+    make = lambda: {'power_sum': FeatureStats(capture_mean=True)}           # noqa: E731
+    process = lambda images: {'power_sum': batch_power_sum(images)}         # noqa: E731
+    if cached:
+        stats = metric_streams.cached_dataset_stats(opts, stream, process, make, 'power-spectrum',
+                                                    dict(definition=SPECDISC_DEFINITION), tag='dataset spectra')
+    else:
+        stats = metric_streams.accumulate_stream(opts, stream, process, make, tag='generator spectra')
+    total = stats['power_sum']
+    if total.num_features is None or stream.num_items == 0:
+        raise metric_streams.MetricError('specdisc: no images')
+    _c, H, W = stream.image_shape
+    return (total.raw_mean / stream.num_items).reshape(H, W)    # raw_mean holds the sum of the batch sums
+
+
+def specdisc(opts, prefix, num_gen, max_real):
+    """(results {prefix_all|low|mid|high|leakage: value}, Pbar real, Pbar generated)."""
+    real_stream = metric_streams.DatasetStream(opts, opts.dataset_kwargs, max_items=max_real, tag='dataset spectra')
+    pbar_real = mean_power_spectrum(opts, real_stream, cached=True)
+    pbar_gen = mean_power_spectrum(opts, metric_streams.generated_stream(opts, num_gen, tag='generator spectra'))
+    try:
+        bands = spectral_discrepancy(pbar_real, pbar_gen)
+    except ValueError as err:
+        raise metric_streams.MetricError(str(err)) from None
+    return {f'{prefix}_{k}': v for k, v in bands.items()}, pbar_real, pbar_gen
+
+
+def fid_levels(opts, detector, detector_key, prefix, num_gen, max_real, sigmas=FID_LEVELS_SIGMAS):
+    """({result key per level: FID}, [FID per sigma]) with a loaded Inception `detector`;
+    `detector_key` (its URL) names it in the cache key."""
+    def process(images):
+        x = metric_streams.to_rgb(images).to(torch.float32) / 127.5 - 1
+        return {f'level{i}': detector((gaussian_highpass(x, s) + 1) * 127.5, return_features=True)
+                for i, s in enumerate(sigmas)}
+
+    make = lambda: {f'level{i}': FeatureStats(capture_mean_cov=True) for i in range(len(sigmas))}   # noqa: E731
+    real_stream = metric_streams.DatasetStream(opts, opts.dataset_kwargs, max_items=max_real, tag='dataset levels')
+    key = dict(definition=FID_LEVELS_DEFINITION, detector_url=str(detector_key), sigmas=[float(s) for s in sigmas],
+               taps=FID_LEVELS_TAPS)
+    name = os.path.splitext(os.path.basename(str(detector_key).rstrip('/').split('?')[0]))[0] or 'detector'
+    real = metric_streams.cached_dataset_stats(opts, real_stream, process, make, name + '-levels', key)
+    gen = metric_streams.accumulate_stream(opts, metric_streams.generated_stream(opts, num_gen, tag='generator levels'),
+                                           process, make)
+    fids = [frechet_from_stats(gen[f'level{i}'], real[f'level{i}']) for i in range(len(sigmas))]
+    return {fid_levels_key(prefix, s): f for s, f in zip(sigmas, fids)}, fids

@@ -31,10 +31,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import calc_metrics  # noqa: E402
-import train  # noqa: E402
-from metrics import fid_levels, metric_main, metric_utils, perceptual_path_length  # noqa: E402
+from metrics import metric_main, metric_utils, perceptual_path_length  # noqa: E402
+from stylefreq import feature_stats, metric_streams, progress, specmetrics  # noqa: E402
 from stylefreq.kwargs import EasyDict  # noqa: E402
-from training import config, training_loop # noqa: E402
+from training import config, training_loop  # noqa: E402
 
 RES = 32
 NUM_IMAGES = 256
@@ -263,11 +263,11 @@ def test_kid_pr_is_against_numpy(image_sets, detector):
 def test_real_statistics_cache(image_sets, detector, cache_dir, monkeypatch, capsys):
     real, blurred = image_sets.real, image_sets.blurred
     calls = []
-    original = metric_utils.accumulate_stream
-    monkeypatch.setattr(metric_utils, 'accumulate_stream', lambda opts, stream, *a, **k:
+    original = metric_streams.accumulate_stream
+    monkeypatch.setattr(metric_streams, 'accumulate_stream', lambda opts, stream, *a, **k:
                         calls.append(stream.tag) or original(opts, stream, *a, **k))
-    progress = metric_utils.ProgressMonitor(verbose=True)
-    first = calc('fid50k_full', real.path, blurred.path, detector, progress=progress).results.fid50k_full
+    monitor = progress.ProgressMonitor(verbose=True)
+    first = calc('fid50k_full', real.path, blurred.path, detector, progress=monitor).results.fid50k_full
     assert calls == ['dataset features', 'generator features']
     out = capsys.readouterr().out
     assert f'dataset features     {NUM_IMAGES}/{NUM_IMAGES} items' in out           # the progress line
@@ -289,16 +289,16 @@ def test_real_statistics_cache(image_sets, detector, cache_dir, monkeypatch, cap
     class Evil:
         def __reduce__(self):
             return (os.system, ('touch ' + str(cache_dir / 'pwned'),))
-    files[0].write_bytes(pickle.dumps(dict(format=metric_utils.STATS_FORMAT, stats=Evil())))
+    files[0].write_bytes(pickle.dumps(dict(format=feature_stats.STATS_FORMAT, stats=Evil())))
     calls.clear()
     assert calc('fid50k_full', real.path, blurred.path, detector).results.fid50k_full == first
     assert calls == ['dataset features', 'generator features'] and not (cache_dir / 'pwned').exists()
-    assert metric_utils.load_stats_file(str(files[0])) is not None
+    assert feature_stats.load_stats_file(str(files[0])) is not None
 
 
 def test_missing_detector_is_one_sentence(image_sets, http_file_server, cache_dir):
     url = http_file_server.url('nothing-here.pt')
-    with pytest.raises(metric_utils.MetricError, match=r'cannot load the feature detector .*nothing-here.pt.*HTTP 404'
+    with pytest.raises(metric_streams.MetricError, match=r'cannot load the feature detector .*nothing-here.pt.*HTTP 404'
                                                          r'.*--inception-url'):
         metric_main.calc_metric('fid50k_full', dataset_kwargs=dataset_kwargs(image_sets.real.path),
                                 gen_dataset_kwargs=dataset_kwargs(image_sets.real.path),
@@ -332,7 +332,7 @@ class LinearG(torch.nn.Module):
 
 def test_ppl(detector, image_sets):
     def ppl(G, space='w', sampling='end', crop=False):
-        opts = metric_utils.MetricOptions(G=G, dataset_kwargs=dataset_kwargs(image_sets.real.path),
+        opts = metric_streams.MetricOptions(G=G, dataset_kwargs=dataset_kwargs(image_sets.real.path),
                                           detector_urls=detector.urls)
         return perceptual_path_length.compute_ppl(opts, num_samples=64, epsilon=1e-4, space=space, sampling=sampling,
                                                   crop=crop, batch_size=8)
@@ -343,7 +343,7 @@ def test_ppl(detector, image_sets):
     for space in 'zw':
         for sampling in ('full', 'end'):
             assert np.isfinite(ppl(LinearG(), space, sampling, crop=True))
-    with pytest.raises(metric_utils.MetricError, match='needs a generator'):
+    with pytest.raises(metric_streams.MetricError, match='needs a generator'):
         metric_main.calc_metric('ppl2_wend', dataset_kwargs=dataset_kwargs(image_sets.real.path),
                                 gen_dataset_kwargs=dataset_kwargs(image_sets.real.path), detector_urls=detector.urls)
 
@@ -402,21 +402,21 @@ def test_specdisc(image_sets, cache_dir, tmp_path, monkeypatch):
 
 
 def test_gaussian_highpass_definition():
-    k = fid_levels.gaussian_kernel(2.0)
+    k = specmetrics.gaussian_kernel(2.0)
     assert k.shape == (51,) and float(k.sum()) == pytest.approx(1.0) and int(k.argmax()) == 25
     assert float(k[25 + 2] / k[25]) == pytest.approx(np.exp(-0.5))
     x = torch.full([1, 3, 64, 64], 0.5, dtype=torch.float64)
-    h = fid_levels.gaussian_highpass(x, 1.0)
+    h = specmetrics.gaussian_highpass(x, 1.0)
     assert float(h[..., 10:-10, 10:-10].abs().max()) < 1e-12              # constant interior: nothing passes
     assert float(h[0, 0, 0, 0]) > 0.1                                      # zero padding: borders pass
-    assert torch.equal(fid_levels.gaussian_highpass(x, 0), x)
+    assert torch.equal(specmetrics.gaussian_highpass(x, 0), x)
     # The banded-matrix path equals the 51-tap convolution.
     y = torch.rand([2, 3, 20, 20], dtype=torch.float64)
-    kk = fid_levels.gaussian_kernel(1.6)
+    kk = specmetrics.gaussian_kernel(1.6)
     ref = F.conv2d(F.conv2d(y.reshape(6, 1, 20, 20), kk.reshape(1, 1, 51, 1), padding=(25, 0)),
                    kk.reshape(1, 1, 1, 51), padding=(0, 25)).reshape(2, 3, 20, 20)
-    assert torch.allclose(fid_levels.gaussian_highpass(y, 1.6), y - ref, atol=1e-12)
-    assert [fid_levels.result_key('fid_levels', s) for s in fid_levels.SIGMAS] == [
+    assert torch.allclose(specmetrics.gaussian_highpass(y, 1.6), y - ref, atol=1e-12)
+    assert [specmetrics.fid_levels_key('fid_levels', s) for s in specmetrics.FID_LEVELS_SIGMAS] == [
         f'fid_levels_fc{v}' for v in ('0.0000', '0.0199', '0.0398', '0.0597', '0.0796', '0.0995', '0.1194', '0.1393',
                                       '0.1592')]
 
@@ -424,7 +424,7 @@ def test_gaussian_highpass_definition():
 def test_fid_levels_rise_on_blurred_copy(image_sets, detector, tmp_path):
     real = image_sets.real
     result = calc('fid_levels1k', real.path, image_sets.blurred.path, detector)
-    keys = [fid_levels.result_key('fid_levels1k', s) for s in fid_levels.SIGMAS]
+    keys = [specmetrics.fid_levels_key('fid_levels1k', s) for s in specmetrics.FID_LEVELS_SIGMAS]
     assert list(result.results) == keys
     fids = np.array([result.results[k] for k in keys])
     # Level 0 is the plain FID of the same images.
@@ -660,3 +660,29 @@ def test_calc_metrics_bad_image_in_one_of_two_processes(trained_run, tmp_path):
     assert proc.returncode == 1
     line = one_error_line(proc.stdout + proc.stderr)
     assert f"'{folder / '0066.png'}' is not a readable image" in line, line
+
+
+# ---------------------------------------------------------------------------------------------
+# The metrics a patched upstream checkout registers (stylefreq.upstream) are the same computations.
+
+def test_upstream_adapters_give_the_same_numbers(image_sets, detector, cache_dir, monkeypatch):
+    """stylefreq.upstream's specdisc and fid_levels, called with an upstream-style MetricOptions
+    (the attributes upstream's has), equal stylefreq's own registry on the same generator and data."""
+    import types
+    from stylefreq import upstream
+    from training import networks
+    torch.manual_seed(0)
+    G = networks.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=RES, img_channels=3,
+                           mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=128, channel_max=16))
+    real = dataset_kwargs(image_sets.real.path)
+    upstream_opts = types.SimpleNamespace(G=G, G_kwargs={}, dataset_kwargs=real, num_gpus=1, rank=0,
+                                          device=torch.device('cpu'), progress=types.SimpleNamespace(verbose=False),
+                                          cache=True)
+    fake_metric_utils = types.SimpleNamespace(
+        get_feature_detector=lambda url, **kw: metric_utils.get_feature_detector(detector.url))
+    ours = metric_main.calc_metric('specdisc1k', G=G, dataset_kwargs=real).results
+    theirs = {fn.__name__: fn for fn in upstream.metric_functions(fake_metric_utils)}
+    assert theirs['specdisc1k'](upstream_opts) == dict(ours)
+    ours = metric_main.calc_metric('fid_levels1k', G=G, dataset_kwargs=real, detector_urls=detector.urls).results
+    monkeypatch.setenv('STYLEFREQ_INCEPTION_URL', detector.url)       # how the checkout's adapter is pointed
+    assert theirs['fid_levels1k'](upstream_opts) == dict(ours)

@@ -21,8 +21,8 @@ import os
 import numpy as np
 import torch
 
-from metrics import metric_utils, plot, specdisc
-from stylefreq import distributed, files, specmetrics
+from metrics import plot, specdisc
+from stylefreq import distributed, files, metric_streams, specmetrics
 from training import training_stats
 
 REAL_IMAGES = 10000          # as specdisc10k: the monitor reuses that metric's cached real spectrum
@@ -33,9 +33,9 @@ def real_mean_spectrum(training_set_kwargs, num_gpus=1, rank=0, device='cpu', ma
     """The mean 2-D power spectrum [H, W] of (up to max_items of) the training images, unflipped,
     through the metrics' statistics cache."""
     dataset_kwargs = dict(training_set_kwargs, xflip=False, max_size=None)
-    opts = metric_utils.MetricOptions(dataset_kwargs=dataset_kwargs, num_gpus=num_gpus, rank=rank, device=device)
-    stream = metric_utils.DatasetStream(opts, opts.dataset_kwargs, max_items=max_items, tag='dataset spectra')
-    return specdisc.mean_power_spectrum(opts, stream, cached=True)
+    opts = metric_streams.MetricOptions(dataset_kwargs=dataset_kwargs, num_gpus=num_gpus, rank=rank, device=device)
+    stream = metric_streams.DatasetStream(opts, opts.dataset_kwargs, max_items=max_items, tag='dataset spectra')
+    return specmetrics.mean_power_spectrum(opts, stream, cached=True)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

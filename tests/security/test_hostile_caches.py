@@ -11,11 +11,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from metrics import metric_utils
+from stylefreq import feature_stats
 
 
 def valid_stats():
-    st = metric_utils.FeatureStats(capture_mean_cov=True, capture_all=True, max_items=10)
+    st = feature_stats.FeatureStats(capture_mean_cov=True, capture_all=True, max_items=10)
     st.append(np.arange(12, dtype=np.float32).reshape(4, 3))
     return {'features': st}
 
@@ -33,7 +33,7 @@ def good_header(**overrides):
     fields = dict(capture_all=True, capture_mean_cov=True, capture_mean=True, max_items=10, num_items=4,
                   num_features=3)
     fields.update(overrides)
-    return dict(format=metric_utils.STATS_FORMAT, stats=dict(features=fields))
+    return dict(format=feature_stats.STATS_FORMAT, stats=dict(features=fields))
 
 
 def good_arrays(n=4, F=3):
@@ -61,7 +61,7 @@ def hostile_files(d):
     liar.write_bytes(bytes(raw))
     assert info.file_size < 1 << 20
     files['lying_member_size'] = liar
-    files['stats_is_a_list'] = npz_with(d / 'list.npz', dict(format=metric_utils.STATS_FORMAT, stats=[1, 2]))
+    files['stats_is_a_list'] = npz_with(d / 'list.npz', dict(format=feature_stats.STATS_FORMAT, stats=[1, 2]))
     files['num_items_inf'] = npz_with(d / 'inf.npz', good_header(num_items=float('inf')), **good_arrays())
     files['raw_mean_wrong_shape'] = npz_with(d / 'shape.npz', good_header(),
                                              **dict(good_arrays(), **{'features.raw_mean': np.zeros([5])}))
@@ -76,7 +76,7 @@ def hostile_files(d):
         np.savez(f, header=np.array([dict(a=1)], dtype=object))
     files['object_array'] = obj
     evil = d / 'pickle.npz'
-    evil.write_bytes(pickle.dumps(dict(format=metric_utils.STATS_FORMAT)))
+    evil.write_bytes(pickle.dumps(dict(format=feature_stats.STATS_FORMAT)))
     files['plain_pickle'] = evil
     trunc = npz_with(d / 'trunc.npz', good_header(), **good_arrays())
     trunc.write_bytes(trunc.read_bytes()[:200])
@@ -98,15 +98,15 @@ def hostile(tmp_path_factory):
 def test_hostile_cache_is_rejected_quickly(hostile, name):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.monotonic()
-    assert metric_utils.load_stats_file(str(hostile[name])) is None
+    assert feature_stats.load_stats_file(str(hostile[name])) is None
     assert time.monotonic() - start < 2.0
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024     # KiB: nothing big read
 
 
 def test_valid_cache_roundtrip(tmp_path):
     path = str(tmp_path / 'ok.npz')
-    metric_utils.save_stats_file(path, valid_stats())
-    loaded = metric_utils.load_stats_file(path)
+    feature_stats.save_stats_file(path, valid_stats())
+    loaded = feature_stats.load_stats_file(path)
     st = loaded['features']
     assert st.num_items == 4 and st.num_features == 3 and st.max_items == 10
     np.testing.assert_array_equal(st.get_all(), np.arange(12, dtype=np.float32).reshape(4, 3))
@@ -119,4 +119,4 @@ def test_valid_cache_roundtrip(tmp_path):
 
 def test_the_good_builders_are_valid(tmp_path):
     """Control: the hostile files above differ from a loadable file only in what they break."""
-    assert metric_utils.load_stats_file(str(npz_with(tmp_path / 'g.npz', good_header(), **good_arrays()))) is not None
+    assert feature_stats.load_stats_file(str(npz_with(tmp_path / 'g.npz', good_header(), **good_arrays()))) is not None
