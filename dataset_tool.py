@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
-import json
 import math
 import os
 import time
-import zipfile
 from typing import Callable
 
 import click
@@ -29,73 +26,15 @@ import numpy as np
 import PIL.Image
 
 from training import synthetic
-from training.dataset import (BUILTIN_PREFIX, MAX_RESOLUTION, DatasetError, ImageSource, archive_name,
-                              describe_shape, label_table, open_image_source, parse_labels)
+from training.dataset_writer import DatasetWriter, write_cosine_dataset
+from training.dataset import (BUILTIN_PREFIX, MAX_RESOLUTION, DatasetError, ImageSource, describe_shape,
+                              label_table, open_image_source, parse_labels)
 
 # The most images `cosine` draws: its parameters are sampled up front (16 bytes per image and carrier).
 MAX_COSINE_COUNT = 10_000_000
 
 # ---------------------------------------------------------------------------------------------
 # Output.
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """[H, W, 1|3] uint8 -> uncompressed PNG (upstream's choice: decoding is the training-time cost)."""
-    buf = io.BytesIO()
-    PIL.Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(buf, format='png', compress_level=0)
-    return buf.getvalue()
-
-
-class DatasetWriter:
-    """Writes images in upstream's layout plus dataset.json into a zip or a folder.
-
-    A zip is built under a temporary name and renamed when complete, so an interrupted run never
-    leaves a truncated archive that looks like a finished dataset.
-    """
-
-    def __init__(self, dest: str):
-        self.dest = dest
-        self.is_zip = dest.lower().endswith('.zip')
-        self.count = 0
-        self._labels = []
-        if self.is_zip:
-            os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-            self._tmp = f'{dest}.tmp{os.getpid()}'
-            self._zip = zipfile.ZipFile(self._tmp, mode='w', compression=zipfile.ZIP_STORED)
-        else:
-            os.makedirs(dest, exist_ok=True)
-
-    def _write(self, member: str, data: bytes):
-        if self.is_zip:
-            self._zip.writestr(member, data)
-        else:
-            path = os.path.join(self.dest, *member.split('/'))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, 'wb') as f:
-                f.write(data)
-
-    def add(self, image: np.ndarray, label=None):
-        """Append an [H, W, C] uint8 image with its JSON label (None = unlabelled)."""
-        name = archive_name(self.count)
-        self._write(name, encode_png(image))
-        self._labels.append([name, label])
-        self.count += 1
-
-    def finish(self, extra_metadata: dict | None = None):
-        have = [label is not None for _name, label in self._labels]
-        if any(have) and not all(have):
-            raise ValueError('either every image or none has a label')  # callers guarantee this
-        meta = {'labels': self._labels if all(have) and have else None, **(extra_metadata or {})}
-        self._write('dataset.json', json.dumps(meta).encode())
-        if self.is_zip:
-            self._zip.close()
-            os.replace(self._tmp, self.dest)
-
-    def abort(self):
-        if self.is_zip:
-            self._zip.close()
-            if os.path.exists(self._tmp):
-                os.remove(self._tmp)
 
 
 class Progress:
@@ -439,20 +378,8 @@ def cosine(dest, freqs, resolution, count, seed, mag_mean, mag_std, phase_std):
         hint = '--resolution' if str(exc).startswith('resolution') else '--freqs'
         raise click.BadParameter(f'{exc}.', param_hint=hint) from None
     dest = check_dest(dest)
-    mags, phases = synthetic.sample_cosine_params(spec, count, seed)
-    writer = DatasetWriter(dest)
     progress = Progress(count)
-    try:
-        for start in range(0, count, 256):
-            images = synthetic.to_uint8(synthetic.render_cosines(spec, mags[start:start + 256],
-                                                                 phases[start:start + 256]))
-            for image in images:
-                writer.add(image[:, :, np.newaxis])
-            progress.update(writer.count)
-        writer.finish({'cosine': {**spec.to_json(), 'count': count, 'seed': seed}})
-    except BaseException:
-        writer.abort()
-        raise
+    write_cosine_dataset(dest, spec, count, seed, progress=progress.update)
     progress.update(count, final=True)
     report(dest, count, 0, (1, resolution, resolution))
 

@@ -3,7 +3,7 @@
 Two torchrun agents of one CPU process each meet on 127.0.0.1 through a c10d rendezvous (gloo), as
 two machines would. Without --gpus, train.py must compute the presets for torchrun's world of 2:
 the same options and run name as `--gpus=2` (dry runs), and the same first optimizer step (one
-iteration of 8 images through train.launch, compared snapshot to snapshot).
+iteration of 8 images through training.launch, compared snapshot to snapshot).
 """
 
 import json
@@ -31,9 +31,8 @@ DRIVER = f'''
 import json, sys
 sys.path.insert(0, {str(REPO)!r})
 import numpy as np
-import train
 from stylefreq.kwargs import EasyDict
-from training import training_loop
+from training import launch, training_loop
 
 def small_grid(training_set, random_seed=0):
     images, labels = zip(*[training_set[i] for i in range(8)])
@@ -42,7 +41,7 @@ def small_grid(training_set, random_seed=0):
 training_loop.setup_snapshot_image_grid = small_grid      # also in spawned processes, which import this file
 
 if __name__ == '__main__':
-    train.launch(json.load(open(sys.argv[1]), object_hook=EasyDict))
+    launch.launch(json.load(open(sys.argv[1]), object_hook=EasyDict))
 '''
 
 

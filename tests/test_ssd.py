@@ -22,7 +22,7 @@ from stylefreq.kwargs import construct_class_by_name  # noqa: E402
 from stylefreq import kwargs as sf_kwargs  # noqa: E402
 from stylefreq.persistence import persistent_class  # noqa: E402
 from stylefreq.ssd import SpectralClassifier, SSDDiscriminator  # noqa: E402
-from training import config, loss as loss_module, resume # noqa: E402
+from training import config, launch, loss as loss_module, resume  # noqa: E402
 from training import networks, training_loop  # noqa: E402
 
 TINY_D = dict(class_name='training.networks.Discriminator', channel_base=256, channel_max=16)
@@ -384,7 +384,7 @@ def test_short_ssd_training_run_and_reload(tmp_path, capsys, small_grid):
 
 def _two_process_worker(proc, args):
     training_loop.setup_snapshot_image_grid = _small_grid
-    train.train_process(proc, args)
+    launch.train_process(proc, args)
 
 
 def test_two_process_ssd_run(tmp_path):

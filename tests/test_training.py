@@ -38,7 +38,7 @@ import generate  # noqa: E402
 import train  # noqa: E402
 from stylefreq import checkpoint, distributed  # noqa: E402
 from stylefreq.kwargs import EasyDict  # noqa: E402
-from training import config, networks, training_loop # noqa: E402
+from training import config, launch, networks, training_loop  # noqa: E402
 from training.dataset import ImageFolderDataset  # noqa: E402
 from training.loss import StyleGAN2Loss  # noqa: E402
 
@@ -452,7 +452,7 @@ def ddp_worker(proc, args, out_dir):
     the gradient all-reduce in the same process group."""
     rank = proc.rank
     training_loop.setup_snapshot_image_grid = small_grid
-    train.train_process(proc, args)
+    launch.train_process(proc, args)
     torch.save(trained_state(), os.path.join(out_dir, f'rank{rank}.pt'))
     results = {}
     lin = torch.nn.Linear(2, 3)
@@ -544,8 +544,8 @@ def test_two_processes_match_one(tmp_path, quick_grids, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # 4. SIGKILL mid-run, then `train.py --resume=<run dir>`
 
-LAUNCH = ('import json, sys, train; from stylefreq.kwargs import EasyDict; '
-          'train.launch(json.load(open(sys.argv[1]), object_hook=EasyDict))')
+LAUNCH = ('import json, sys; from training import launch; from stylefreq.kwargs import EasyDict; '
+          'launch.launch(json.load(open(sys.argv[1]), object_hook=EasyDict))')
 
 
 def test_sigkill_and_resume_run_dir(tmp_path):
