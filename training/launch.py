@@ -76,10 +76,12 @@ def _fail(proc, err):
     raise SystemExit(1)
 
 
-def launch(options, threads=None):
+def launch(options, threads=None, device=None):
     """Train with `options` (a training_options dict with run_dir) in options.num_gpus processes:
-    this one, torchrun's, or ones started here (NCCL on GPUs, gloo on CPUs)."""
+    this one, torchrun's, or ones started here (NCCL on GPUs, gloo on CPUs). `device` forces one
+    device for every process (e.g. 'cpu' on a GPU machine)."""
     try:
-        distributed.launch(train_process, num_procs=options.num_gpus, args=(options,), threads=threads)
+        distributed.launch(train_process, num_procs=options.num_gpus, args=(options,), threads=threads,
+                           device=device)
     except torch.multiprocessing.ProcessExitedException as exited:
         raise SystemExit(exited.exit_code or 1) from None       # the process has said why

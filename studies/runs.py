@@ -1,0 +1,187 @@
+"""Training small GANs on planar-cosine data through stylefreq's entry points, and measuring how well
+each learnt its carrier. What the cosine study and the bias curve have in common.
+
+A *job* is one training run: (carrier, variant, seed) on a cosine dataset at one resolution. Jobs
+run through `training.config.training_options` and `training.launch.launch`, exactly as
+`train.py` runs them (the same flags, so a study's numbers are what a user of train.py gets), each
+in `<outdir>/runs/<job>/`. A finished job leaves `result.json`; running a study again skips those
+and starts over the unfinished one, so a study resumes where it stopped.
+
+Measurement (metrics.carrier_distance, the authors' evaluation): `samples` images from the final
+snapshot's G_ema (random noise) and as many held-out real images (fresh draws of the data
+distribution); per carrier, the magnitude and phase of each image's DFT coefficient, histogrammed
+with 128 bins; W1 and TV between the histograms. The same distances between the training images and
+the held-out ones are the reference: what finite samples give for a perfect generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+
+from metrics import carrier_distance
+from stylefreq import checkpoint, files, metric_streams
+from training import config, launch, synthetic
+from training.dataset_writer import write_cosine_dataset
+
+VARIANTS = ('base', 'out', 'fsg', 'ssd')
+VARIANT_HELP = ('base: the plain generator; out: --freq-shift=out (the (-1)^(x+y) output shift); fsg: one '
+                'FSG carrier at the data\'s frequency; ssd: the plain generator with --cfg=ssd')
+
+
+@dataclasses.dataclass
+class Setup:
+    """What every job of a study shares (train.py flags, data and measurement sizes)."""
+    resolution: int = 32
+    count: int = 5000               # training images per dataset
+    kimg: int = 20
+    batch: int = 32
+    cbase: int = 2048
+    cmax: int = 64
+    map: int = 2
+    gamma: float = 1.0
+    samples: int = 1000             # generated and held-out images per measurement
+    gpus: int = 1
+    device: str | None = None
+    threads: int | None = None
+
+
+def variant_flags(variant: str, carrier, resolution: int) -> dict:
+    """train.py flags that make `variant` for a dataset whose carrier is (fx, fy) cycles per image."""
+    if variant == 'base':
+        return {}
+    if variant == 'out':
+        return dict(freq_shift='out')
+    if variant == 'fsg':
+        fx, fy = carrier
+        return dict(freq_shift=f'{fx}/{resolution},{fy}/{resolution}')
+    if variant == 'ssd':
+        return dict(cfg='ssd')
+    raise ValueError(f'unknown variant {variant!r}; choose from {", ".join(VARIANTS)}')
+
+
+def check_variant(variant: str, carrier, resolution: int) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f'unknown variant {variant!r}; choose from {", ".join(VARIANTS)}')
+    if variant == 'fsg':
+        fx, fy = carrier
+        if resolution < 16:
+            raise ValueError(f'variant fsg needs --resolution >= 16 (its branches start at R/4), got {resolution}')
+        if (fx % resolution, fy % resolution) == (0, 0):
+            raise ValueError('variant fsg needs a carrier other than DC')
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data.
+
+def cosine_spec(resolution, carrier):
+    return synthetic.CosineSpec(resolution=resolution, freqs=(tuple(carrier),))
+
+
+def dataset(outdir, setup: Setup, carrier) -> str:
+    """The training set for `carrier` (written once, then reused)."""
+    fx, fy = carrier
+    path = os.path.join(outdir, 'data', f'cos{setup.resolution}-{fx}x{fy}-n{setup.count}.zip')
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_cosine_dataset(path, cosine_spec(setup.resolution, carrier), setup.count, seed=0)
+    return path
+
+
+def training_images(path):
+    """uint8 [N, R, R] images of a one-channel dataset."""
+    from training.dataset import ImageFolderDataset
+    ds = ImageFolderDataset(path=path, use_labels=False)
+    try:
+        return np.stack([ds[i][0][0] for i in range(len(ds))])
+    finally:
+        ds.close()
+
+
+def held_out(spec, count, seed=1_000_001):
+    """Fresh draws of the data distribution (not in the training set), quantised as the data."""
+    mags, phases = synthetic.sample_cosine_params(spec, count, seed)
+    return synthetic.to_uint8(synthetic.render_cosines(spec, mags, phases))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Jobs.
+
+def job_name(carrier, variant, seed) -> str:
+    return f'{carrier[0]}x{carrier[1]}-{variant}-seed{seed}'
+
+
+def train(run_dir, data, flags: dict, seed: int, setup: Setup) -> str:
+    """Train one job in `run_dir` from scratch (a leftover of an interrupted job is removed);
+    returns its final snapshot."""
+    if os.path.exists(run_dir):
+        shutil.rmtree(run_dir)
+    _, options = config.training_options(
+        data=data, gpus=setup.gpus, cbase=setup.cbase, cmax=setup.cmax, map=setup.map, batch=setup.batch,
+        gamma=setup.gamma, kimg=setup.kimg, aug='noaug', metrics=[], seed=seed, snap=10 ** 6, workers=0, **flags)
+    options.run_dir = run_dir
+    launch.launch(options, threads=setup.threads, device=setup.device)
+    snapshots = sorted(name for name in os.listdir(run_dir) if name.startswith('network-snapshot-'))
+    return os.path.join(run_dir, snapshots[-1])
+
+
+@torch.no_grad()
+def generate(snapshot, count, seed, device=None):
+    """uint8 [count, R, R]: the first channel of `count` images of the snapshot's G_ema, random noise."""
+    G = checkpoint.load_network_pkl(snapshot, verbose=False)['G_ema']
+    device = torch.device(device) if device is not None else metric_streams.MetricOptions().device
+    opts = metric_streams.MetricOptions(G=G, G_kwargs=dict(noise_mode='random'), device=device, seed=seed,
+                                        batch_size=250)
+    stream = metric_streams.generated_stream(opts, count, tag=f'generate {os.path.basename(snapshot)}')
+    return torch.cat([stream(g) for g in range(stream.num_batches)])[:, 0].cpu().numpy()
+
+
+def measure(real, fake, spec) -> dict:
+    """The carrier's distances (magnitude and phase W1/TV) and the mean magnitudes."""
+    distances = carrier_distance.cosine_distances(real, fake, spec)[0]
+    real_m, _ = synthetic.estimate_cosine_params(real, spec)
+    fake_m, _ = synthetic.estimate_cosine_params(fake, spec)
+    return dict(distances, mean_magnitude_real=float(real_m.mean()), mean_magnitude_fake=float(fake_m.mean()))
+
+
+def run_job(outdir, setup: Setup, carrier, variant, seed, say=print) -> dict:
+    """Train and measure one job, or read its result if it already finished."""
+    name = job_name(carrier, variant, seed)
+    run_dir = os.path.join(outdir, 'runs', name)
+    result_path = os.path.join(run_dir, 'result.json')
+    if os.path.isfile(result_path):
+        with open(result_path, encoding='utf-8') as f:
+            return json.load(f)
+    check_variant(variant, carrier, setup.resolution)
+    data = dataset(outdir, setup, carrier)
+    say(f'--- {name}: training {setup.kimg} kimg at {setup.resolution} px ---')
+    started = time.time()
+    snapshot = train(run_dir, data, variant_flags(variant, carrier, setup.resolution), seed, setup)
+    spec = cosine_spec(setup.resolution, carrier)
+    fake = generate(snapshot, setup.samples, seed, setup.device)
+    magnitudes, _ = synthetic.estimate_cosine_params(fake, spec)
+    result = dict(job=name, carrier=list(carrier), variant=variant, seed=seed, snapshot=os.path.relpath(snapshot, outdir),
+                  train_seconds=round(time.time() - started, 1), **measure(held_out(spec, setup.samples), fake, spec),
+                  magnitudes=[round(float(m), 5) for m in magnitudes[:, 0]])
+    files.write_text(result_path, json.dumps(result, indent=1))
+    say(f'--- {name}: magnitude W1 {result["magnitude"]["w1"]:.3f}, TV {result["magnitude"]["tv"]:.3f} ---')
+    return result
+
+
+def reference(outdir, setup: Setup, carrier) -> dict:
+    """The real-vs-real distances of a carrier (training images against held-out ones)."""
+    spec = cosine_spec(setup.resolution, carrier)
+    real = training_images(dataset(outdir, setup, carrier))[:setup.samples]
+    return measure(held_out(spec, setup.samples), real, spec)
+
+
+def summary(values) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    return dict(mean=float(values.mean()), std=float(values.std()), min=float(values.min()), max=float(values.max()),
+                n=int(values.size))

@@ -1,0 +1,85 @@
+"""The studies package end to end at toy size: a bias curve of 2 carriers x 2 variants at 16 px,
+the cosine study and the SSD study, through `python -m studies` (click, in-process); outputs,
+resuming, and errors."""
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from stylefreq import checkpoint
+from studies.__main__ import main
+
+TOY = ['--resolution=16', '--kimg=1', '--count=200', '--samples=100', '--batch=8', '--cbase=256', '--cmax=16',
+       '--map=1', '--threads=1']
+
+
+def invoke(args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+
+
+def test_bias_curve_toy(tmp_path):
+    out = tmp_path / 'bias'
+    result = invoke(['bias_curve', f'--outdir={out}', '--carriers=1,7', '--variants=base,fsg', '--seeds=0'] + TOY)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / 'bias_curve.json').read_text())
+    assert data['carriers'] == [1, 7] and set(data['curve']) == {'base', 'fsg'}
+    assert len(data['jobs']) == 4 and set(data['reference']) == {'1', '7'}
+    for rows in data['curve'].values():
+        assert [r['carrier'] for r in rows] == [1, 7]
+        assert all(0 <= r['w1']['mean'] <= 1 and 0 <= r['tv']['mean'] <= 1 + 1e-9 for r in rows)
+    assert data['frequency_cycles_per_pixel']['7'] == pytest.approx(7 * 2 ** 0.5 / 16)
+    with Image.open(out / 'bias_curve.png') as im:
+        assert im.size == (640, 400)
+    # The fsg job trained a generator with one carrier at the data's frequency, through train.py's options.
+    fsg = next(j for j in data['jobs'] if j['variant'] == 'fsg' and j['carrier'] == [7, 7])
+    G = checkpoint.load_network_pkl(str(out / fsg['snapshot']), verbose=False)['G_ema']
+    assert G.synthesis.carriers == ((7 / 16, 7 / 16),)
+    options = json.loads((out / 'runs' / '7x7-fsg-seed0' / 'training_options.json').read_text())
+    assert options['total_kimg'] == 1 and options['random_seed'] == 0 and options['spectral_monitor'] is True
+    # Running again trains nothing: every job has its result.
+    stamps = {p: p.stat().st_mtime_ns for p in (out / 'runs').glob('*/result.json')}
+    result = invoke(['bias_curve', f'--outdir={out}', '--carriers=1,7', '--variants=base,fsg', '--seeds=0'] + TOY)
+    assert result.exit_code == 0 and 'training' not in result.output
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / 'runs').glob('*/result.json')}
+
+
+def test_cosine_study_toy(tmp_path):
+    out = tmp_path / 'cos'
+    result = invoke(['cosine', f'--outdir={out}', '--carrier=7,7', '--variants=base,out', '--seeds=0,1'] + TOY)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / 'cosine.json').read_text())
+    assert set(data['variants']) == {'base', 'out'} and data['variants']['out']['magnitude_w1']['n'] == 2
+    assert 'successes' in data['variants']['out'] and 'successes' not in data['variants']['base']
+    assert 0 <= data['reference']['magnitude']['w1'] < 0.1          # real vs real: small
+    assert os.path.getsize(out / 'cosine.png') > 5000
+
+
+def test_ssd_study_toy(tmp_path):
+    out = tmp_path / 'ssd'
+    result = invoke(['ssd', f'--outdir={out}', '--data=builtin:blobs16', '--metric=specdisc1k', '--seeds=0'] + TOY)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / 'ssd.json').read_text())
+    assert set(data['variants']) == {'plain', 'ssd'}
+    assert all(data['variants'][v]['high']['n'] == 1 for v in ('plain', 'ssd'))
+    options = json.loads((out / 'runs' / 'ssd-seed0' / 'training_options.json').read_text())
+    assert options['D_kwargs']['class_name'] == 'stylefreq.ssd.SSDDiscriminator'
+
+
+@pytest.mark.parametrize('args, message', [
+    (['bias_curve', '--carriers=9'], 'outside 1..8'),
+    (['bias_curve', '--variants=base,nope'], 'nope is not one of'),
+    (['cosine', '--carrier=0,0', '--variants=fsg'], 'other than DC'),
+    (['cosine', '--carrier=1'], 'is not FX,FY'),
+])
+def test_bad_arguments_are_one_sentence(tmp_path, args, message):
+    result = invoke(args + [f'--outdir={tmp_path}'] + TOY)
+    assert result.exit_code != 0 and message in result.output and 'Traceback' not in result.output
