@@ -169,3 +169,22 @@ def test_specdisc_figure_values_match_the_shared_definition():
     monitor._sum[-1] = 3
     out = monitor.finish_tick()
     assert out['Spectral/db_mid'] == pytest.approx(bands['mid']) and out['Spectral/leakage'] == pytest.approx(bands['leakage'])
+
+
+def test_off_carrier_generator_is_called_out():
+    """Cosine data at (15,15)/32: a generator whose energy sits at (16,16) and (14,14) (the output
+    shift's failure) is reported; one on the carrier is not."""
+    from training import synthetic
+    spec = synthetic.CosineSpec(resolution=32, freqs=((15, 15),))
+    m, p = synthetic.sample_cosine_params(spec, 256, seed=0)
+    real = torch.from_numpy(synthetic.to_uint8(synthetic.render_cosines(spec, m, p)))[:, None]
+    real_pbar = specmetrics.batch_power_sum(real).reshape(32, 32).numpy() / 256
+    monitor = SpectralMonitor(real_pbar, 'cpu')
+    y, x = torch.meshgrid(torch.arange(32.), torch.arange(32.), indexing='ij')
+    beside = 0.3 * torch.cos(torch.pi * (x + y)) + 0.2 * torch.cos(2 * torch.pi * 14 * (x + y) / 32)
+    monitor.observe(beside.expand(64, 1, 32, 32))
+    monitor.finish_tick()
+    assert monitor.warning and 'next to the data' in monitor.warning
+    monitor.observe(as_float(real[:64]))
+    monitor.finish_tick()
+    assert monitor.warning is None

@@ -26,6 +26,7 @@ from stylefreq import distributed, files, metric_streams, specmetrics
 from training import training_stats
 
 REAL_IMAGES = 10000          # as specdisc10k: the monitor reuses that metric's cached real spectrum
+PEAK_PROMINENCE_DB = 20.0    # a real radial profile whose maximum stands this far above its median has a peak
 STAT_NAMES = ('Spectral/db_low', 'Spectral/db_mid', 'Spectral/db_high', 'Spectral/leakage')
 
 
@@ -36,6 +37,13 @@ def real_mean_spectrum(training_set_kwargs, num_gpus=1, rank=0, device='cpu', ma
     opts = metric_streams.MetricOptions(dataset_kwargs=dataset_kwargs, num_gpus=num_gpus, rank=rank, device=device)
     stream = metric_streams.DatasetStream(opts, opts.dataset_kwargs, max_items=max_items, tag='dataset spectra')
     return specmetrics.mean_power_spectrum(opts, stream, cached=True)
+
+
+def dominant_peak(profile_db):
+    """The radial bin (not DC) of a profile's maximum when it stands out (a carrier), else None."""
+    rest = np.asarray(profile_db)[1:]
+    k = int(np.argmax(rest))
+    return k + 1 if rest[k] - np.median(rest) >= PEAK_PROMINENCE_DB else None
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -53,6 +61,9 @@ class SpectralMonitor:
         self._sum = torch.zeros([H * W + 1], dtype=torch.float64, device=self.device)   # spectra sum, count
         self.last_pbar = None           # the previous tick's mean generated spectrum (for figures)
         self.last_results = None
+        self.warning = None             # set when the generated spectrum peaks elsewhere than the real one
+        self._freqs, real_db = specmetrics.radial_db_profile(self.real_pbar)
+        self._real_peak = dominant_peak(real_db)
 
     def observe(self, images: torch.Tensor) -> None:
         """Add a batch of generated images [N, C, H, W] in [-1, 1] (called inside the training step)."""
@@ -75,6 +86,14 @@ class SpectralMonitor:
                              'Spectral/db_high': bands['high'], 'Spectral/leakage': bands['leakage']}
         for name, value in self.last_results.items():
             training_stats.report0(name, value)
+        self.warning = None
+        if self._real_peak is not None:
+            _, gen_db = specmetrics.radial_db_profile(self.last_pbar)
+            gen_peak = int(np.argmax(gen_db[1:])) + 1
+            if gen_peak != self._real_peak:
+                self.warning = (f'warning: the generated images\' spectrum peaks at {self._freqs[gen_peak]:.3f} '
+                                f'cycles/pixel, the training images\' at {self._freqs[self._real_peak]:.3f}: the '
+                                f'generator\'s energy sits next to the data\'s peak, not on it')
         return self.last_results
 
     def tick_summary(self) -> str:
