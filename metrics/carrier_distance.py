@@ -15,13 +15,14 @@ Samples outside the histogram range are clipped into the first or last bin (np.h
 silently drop them, which would hide the very mismatch being measured); magnitudes are >= 0 by
 construction, so only generated magnitudes above 1 are affected.
 
-This module needs numpy and scipy only; `cosine_distances` takes images and imports the cosine
-parameter estimator from training.synthetic when called.
+`cosine_distances` takes images and reads their parameters with training.synthetic's estimator.
 """
 
 import math
 
 import numpy as np
+
+from training.synthetic import estimate_cosine_params
 
 NUM_BINS = 128
 MAGNITUDE_RANGE = (0.0, 1.0)
@@ -81,7 +82,6 @@ def cosine_distances(real_images, fake_images, spec, bins=NUM_BINS):
     Generated float images in [-1, 1] must be quantised the way reals are (synthetic.to_uint8)
     before they come here, so that both sides see the same rounding.
     """
-    from training.synthetic import estimate_cosine_params
     real_m, real_p = estimate_cosine_params(real_images, spec)
     fake_m, fake_p = estimate_cosine_params(fake_images, spec)
     return carrier_distances(real_m, real_p, fake_m, fake_p, freqs=spec.freqs, bins=bins)

@@ -28,6 +28,7 @@ import torch
 from metrics import carrier_distance
 from stylefreq import checkpoint, files, metric_streams
 from training import config, launch, synthetic
+from training.dataset import ImageFolderDataset
 from training.dataset_writer import write_cosine_dataset
 
 VARIANTS = ('base', 'out', 'fsg', 'ssd')
@@ -96,7 +97,6 @@ def dataset(outdir, setup: Setup, carrier) -> str:
 
 def training_images(path):
     """uint8 [N, R, R] images of a one-channel dataset."""
-    from training.dataset import ImageFolderDataset
     ds = ImageFolderDataset(path=path, use_labels=False)
     try:
         return np.stack([ds[i][0][0] for i in range(len(ds))])

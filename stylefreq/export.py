@@ -43,7 +43,7 @@ import sys
 
 import torch
 
-from stylefreq import files, records
+from stylefreq import checkpoint, files, records
 from stylefreq import kwargs as sf_kwargs
 from stylefreq.safe_pickle import plain
 
@@ -245,7 +245,6 @@ def main(argv=None):
     parser.add_argument('--dest', required=True, help='output .pkl')
     parser.add_argument('--protocol', type=int, default=4, help='pickle protocol [default: 4]')
     args = parser.parse_args(argv)
-    from stylefreq import checkpoint
     try:
         data = checkpoint.load_network_pkl(args.network, verbose=False)
         if os.path.isdir(args.dest):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from stylefreq import metric_streams, specmetrics
+from stylefreq import features, metric_streams, specmetrics
 from stylefreq.progress import ProgressMonitor
 
 
@@ -29,7 +29,6 @@ def configure_training(desc, args, *, ssd=False, ssd_lambda=None, ssd_mode=None,
     checks are `stylefreq.features.configure`, the same as stylefreq's own train.py; bad values
     raise ValueError with one sentence naming the flag (the patch turns it into upstream's UserError).
     """
-    from stylefreq import features
     desc, args.G_kwargs, args.D_kwargs = features.configure(
         desc, args.G_kwargs, args.D_kwargs, resolution=int(args.training_set_kwargs.resolution),
         channels=getattr(args, 'stylefreq_img_channels', None), preset_ssd=bool(ssd), ssd_lambda=ssd_lambda,

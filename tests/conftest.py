@@ -5,6 +5,8 @@ import threading
 
 import pytest
 
+import builders
+
 
 class _FileServerHandler(http.server.SimpleHTTPRequestHandler):
     """Serves files from the fixture's root, plus a few misbehaving endpoints for download tests:
@@ -74,3 +76,10 @@ def http_file_server(tmp_path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def quick_grids(monkeypatch):
+    """Sample grids of 8 images in the training loop (builders.small_grid)."""
+    from training import training_loop
+    monkeypatch.setattr(training_loop, 'setup_snapshot_image_grid', builders.small_grid)

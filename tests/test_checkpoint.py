@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+import builders
+
 from stylefreq import checkpoint, download, files, records, safe_pickle
 from stylefreq import kwargs as sf_kwargs
 from stylefreq.checkpoint import (RebuildError, UnsafePickleError, UnsupportedPickleError, UpstreamObject,
@@ -28,7 +30,7 @@ from stylefreq.download import DownloadError, open_url
 from stylefreq.kwargs import EasyDict
 from stylefreq.persistence import persistent_class
 
-from training import augment, networks
+from training import augment
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,17 +85,12 @@ def tiny_net(seed=0, frozen=True):
 
 
 def tiny_generator(c_dim=0, seed=0, **synthesis_kwargs):
-    torch.manual_seed(seed)
-    return networks.Generator(z_dim=8, c_dim=c_dim, w_dim=16, img_resolution=16, img_channels=3,
-                              mapping_kwargs=dict(num_layers=2),
-                              synthesis_kwargs=dict(channel_base=256, channel_max=32, **synthesis_kwargs))
+    return builders.tiny_generator(z_dim=8, c_dim=c_dim, seed=seed, **synthesis_kwargs)
 
 
 def tiny_discriminator(c_dim=0, seed=1, freeze_layers=0):
-    torch.manual_seed(seed)
-    return networks.Discriminator(c_dim=c_dim, img_resolution=16, img_channels=3, channel_base=256, channel_max=32,
-                                  block_kwargs=dict(freeze_layers=freeze_layers),
-                                  epilogue_kwargs=dict(mbstd_group_size=2))
+    return builders.tiny_discriminator(c_dim=c_dim, seed=seed, block_kwargs=dict(freeze_layers=freeze_layers),
+                                       epilogue_kwargs=dict(mbstd_group_size=2))
 
 
 def all_tensors(module):

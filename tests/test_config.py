@@ -14,12 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-import train  # noqa: E402
-from stylefreq import checkpoint, features  # noqa: E402
-from training import config, networks  # noqa: E402
+import train
+from stylefreq import checkpoint, features
+from training import config, networks
 
 TORCHRUN_ENV = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
 

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import pickle
-import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -20,12 +19,10 @@ import torch
 from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # dataset_tool.py is a top-level script, not part of a package
-    sys.path.insert(0, str(ROOT))
 
-import dataset_tool  # noqa: E402
-from training import synthetic  # noqa: E402
-from training.dataset import DatasetError, ImageFolderDataset  # noqa: E402
+import dataset_tool
+from training import synthetic
+from training.dataset import DatasetError, ImageFolderDataset
 
 # ---------------------------------------------------------------------------------------------
 # Helpers that write datasets the way users have them.

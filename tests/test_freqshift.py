@@ -8,12 +8,12 @@ import copy
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+import builders
 from stylefreq import carriers, checkpoint, features
 from stylefreq.carriers import carrier_cos_sin, frequency_shift
 from stylefreq.freqshift import FrequencyShiftedGenerator
@@ -21,8 +21,6 @@ from stylefreq.ops import upfirdn2d
 from training import config, networks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 Z = 32
 MAPPING = dict(num_layers=1)
@@ -51,10 +49,10 @@ def _randomise_noise(G):
 
 
 def plain_G(seed=0, res=16, channels=3, c_dim=0, **synthesis):
-    torch.manual_seed(seed)
-    return _randomise_noise(networks.Generator(z_dim=Z, c_dim=c_dim, w_dim=Z, img_resolution=res,
-                                               img_channels=channels, mapping_kwargs=MAPPING,
-                                               synthesis_kwargs=dict(SYNTHESIS, **synthesis)))
+    synthesis = dict(SYNTHESIS, **synthesis)
+    return _randomise_noise(builders.tiny_generator(res=res, c_dim=c_dim, channels=channels, z_dim=Z, map_layers=1,
+                                                    seed=seed, cbase=synthesis.pop('channel_base'),
+                                                    cmax=synthesis.pop('channel_max'), **synthesis))
 
 
 def fs_G(mode='fsg', carriers=None, seed=0, res=16, channels=3, c_dim=0, base_kwargs=BASE_KWARGS, **options):

@@ -17,10 +17,8 @@ import pytest
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from stylefreq import checkpoint  # noqa: E402
+from stylefreq import checkpoint
 
 TIMEOUT = 300
 TINY = ['--data=builtin:blobs16', '--cbase=256', '--cmax=32', '--map=2', '--batch=8', '--aug=noaug', '--workers=0',

@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import builders
 
-import calc_metrics  # noqa: E402
-from metrics import metric_main, metric_utils, perceptual_path_length  # noqa: E402
-from stylefreq import feature_stats, metric_streams, progress, specmetrics  # noqa: E402
-from stylefreq.kwargs import EasyDict  # noqa: E402
-from training import config, training_loop  # noqa: E402
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+import calc_metrics
+from metrics import metric_main, metric_utils, perceptual_path_length
+from stylefreq import feature_stats, metric_streams, progress, specmetrics
+from stylefreq.kwargs import EasyDict
+from training import config, training_loop
 
 RES = 32
 NUM_IMAGES = 256
@@ -458,12 +458,7 @@ def trained_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('DNNLIB_CACHE_DIR', str(run_dir.parent / 'cache'))
         # A 4x2 sample grid instead of 32x32 (1024 renders at 16 px): not what this test is about.
-        original = training_loop.setup_snapshot_image_grid
-
-        def small_grid(training_set, random_seed=0):
-            _size, images, labels = original(training_set, random_seed)
-            return (4, 2), images[:8], labels[:8]
-        mp.setattr(training_loop, 'setup_snapshot_image_grid', small_grid)
+        mp.setattr(training_loop, 'setup_snapshot_image_grid', builders.small_grid)
         with single_thread():
             training_loop.training_loop(rank=0, device=torch.device('cpu'), **args)   # CPU on any machine
     return run_dir

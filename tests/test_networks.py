@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from builders import tiny_discriminator, tiny_generator
 import torch
 import torch.nn.functional as F
 
@@ -106,17 +107,6 @@ def tensor_table(module):
     return {n: list(t.shape) for n, t in list(module.named_parameters()) + list(module.named_buffers())}
 
 
-def tiny_G(R=16, c_dim=0, img_channels=3, architecture='skip', **kw):
-    return networks.Generator(z_dim=32, c_dim=c_dim, w_dim=32, img_resolution=R, img_channels=img_channels,
-                              mapping_kwargs=dict(num_layers=2),
-                              synthesis_kwargs=dict(channel_base=256, channel_max=32, architecture=architecture, **kw))
-
-
-def tiny_D(R=16, c_dim=0, img_channels=3, architecture='resnet', **kw):
-    return networks.Discriminator(c_dim=c_dim, img_resolution=R, img_channels=img_channels, architecture=architecture,
-                                  channel_base=256, channel_max=32, **kw)
-
-
 @pytest.mark.parametrize('architecture', ['orig', 'skip', 'resnet'])
 @pytest.mark.parametrize('c_dim,img_channels', [(0, 3), (5, 1)])
 def test_generator_tensor_names_and_shapes(architecture, c_dim, img_channels):
@@ -169,7 +159,7 @@ def test_num_ws_per_resolution():
 
 
 def test_freeze_layers_turn_weights_into_buffers():
-    D = tiny_D(R=32, block_kwargs=dict(freeze_layers=5))
+    D = tiny_discriminator(res=32, block_kwargs=dict(freeze_layers=5))
     params = {n for n, _ in D.named_parameters()}
     buffers = {n for n, _ in D.named_buffers()}
     frozen = {'b32.fromrgb.weight', 'b32.fromrgb.bias', 'b32.conv0.weight', 'b32.conv0.bias', 'b32.conv1.weight',
@@ -177,14 +167,14 @@ def test_freeze_layers_turn_weights_into_buffers():
     assert frozen <= buffers and not (frozen & params)
     assert {'b16.conv1.weight', 'b4.conv.weight', 'b4.out.weight'} <= params
     # Same names and shapes as the unfrozen network, so checkpoints copy over by name.
-    assert tensor_table(D) == tensor_table(tiny_D(R=32))
+    assert tensor_table(D) == tensor_table(tiny_discriminator(res=32))
 
 
 def test_bad_resolution_and_architecture_are_rejected():
     with pytest.raises(ValueError, match='power of two'):
         networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=48, img_channels=3)
     with pytest.raises(ValueError, match='architecture'):
-        tiny_G(architecture='unet')
+        tiny_generator(architecture='unet')
     with pytest.raises(ValueError, match='power of two'):
         networks.Discriminator(c_dim=0, img_resolution=100, img_channels=3)
 
@@ -284,7 +274,7 @@ def test_minibatch_std_against_loop_reference():
 
 def test_conditional_discriminator_projects_onto_mapped_label():
     torch.manual_seed(5)
-    D = tiny_D(c_dim=3)
+    D = tiny_discriminator(c_dim=3)
     img, c = torch.randn(4, 3, 16, 16), torch.randn(4, 3)
     feats = {}
     D.b4.out.register_forward_hook(lambda m, i, o: feats.setdefault('out', o))
@@ -311,7 +301,7 @@ def test_torgb_is_modulated_without_demodulation():
 @pytest.mark.parametrize('architecture', ['orig', 'skip', 'resnet'])
 def test_generator_forward_modes(architecture):
     torch.manual_seed(7)
-    G = tiny_G(architecture=architecture).eval()
+    G = tiny_generator(architecture=architecture).eval()
     with torch.no_grad():
         for p in G.parameters():
             p.add_(torch.randn_like(p) * 0.1)   # noise_strength starts at 0: make noise matter
@@ -333,14 +323,14 @@ def test_generator_forward_modes(architecture):
 def test_fp16_flags_run_in_float32_on_cpu():
     torch.manual_seed(8)
     kw = dict(num_fp16_res=2, conv_clamp=256)
-    G = tiny_G(**kw).eval()
-    G32 = tiny_G().eval()
+    G = tiny_generator(**kw).eval()
+    G32 = tiny_generator().eval()
     G32.load_state_dict(G.state_dict())
     z = torch.randn(2, 32)
     assert G.synthesis.b16.use_fp16 and G.synthesis.b8.use_fp16 and not G.synthesis.b4.use_fp16
     # conv_clamp=256 never binds for these activations, so the outputs agree exactly.
     assert torch.allclose(G(z, None, noise_mode='const'), G32(z, None, noise_mode='const'), atol=1e-6)
-    D = tiny_D(num_fp16_res=2, conv_clamp=256)
+    D = tiny_discriminator(num_fp16_res=2, conv_clamp=256)
     assert D(torch.randn(4, 3, 16, 16), None).dtype == torch.float32
 
 
@@ -352,7 +342,7 @@ def test_conv_clamp_limits_activations():
 
 
 def test_conditional_generator_needs_label():
-    G = tiny_G(c_dim=4)
+    G = tiny_generator(c_dim=4)
     with pytest.raises(ValueError, match='label'):
         G(torch.randn(2, 32), None)
     assert G(torch.randn(2, 32), torch.eye(4)[:2]).shape == (2, 3, 16, 16)
@@ -360,7 +350,7 @@ def test_conditional_generator_needs_label():
 
 def test_discriminator_r1_double_backward():
     torch.manual_seed(10)
-    D = tiny_D()
+    D = tiny_discriminator()
     img = torch.randn(4, 3, 16, 16, requires_grad=True)
     logits = D(img, None)
     (grad,) = torch.autograd.grad(logits.sum(), img, create_graph=True)
@@ -375,7 +365,7 @@ def test_discriminator_r1_double_backward():
 
 def test_generator_path_length_double_backward():
     torch.manual_seed(11)
-    G = tiny_G().train()
+    G = tiny_generator().train()
     with torch.no_grad():
         for p in G.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -388,7 +378,7 @@ def test_generator_path_length_double_backward():
 
 
 def test_persistent_classes_record_constructor_arguments():
-    G = tiny_G(c_dim=2)
+    G = tiny_generator(c_dim=2)
     assert G._init_kwargs['c_dim'] == 2
     assert G._init_kwargs['synthesis_kwargs']['channel_base'] == 256
     assert G.synthesis._init_kwargs['img_resolution'] == 16
@@ -407,7 +397,7 @@ def test_checkpointed_classes_are_registered(name):
 def test_init_draws_follow_upstream_creation_order():
     """Same seed, same initial weights as upstream: randn draws in module creation order (spec section 4)."""
     torch.manual_seed(3)
-    G = tiny_G(R=8)
+    G = tiny_generator(res=8)
     torch.manual_seed(3)
     S = G.synthesis
     expected = [S.b4.const, S.b4.conv1.affine.weight, S.b4.conv1.weight, S.b4.conv1.noise_const,
@@ -422,7 +412,7 @@ def test_init_draws_follow_upstream_creation_order():
     assert torch.equal(S.b4.conv1.affine.bias, torch.ones_like(S.b4.conv1.affine.bias))
 
     torch.manual_seed(4)
-    D = tiny_D(R=8, c_dim=2)
+    D = tiny_discriminator(res=8, c_dim=2)
     torch.manual_seed(4)
     for t in [D.b8.fromrgb.weight, D.b8.conv0.weight, D.b8.conv1.weight, D.b8.skip.weight, D.mapping.embed.weight]:
         assert torch.equal(t, torch.randn(t.shape))
@@ -437,7 +427,7 @@ def test_init_draws_follow_upstream_creation_order():
 
 
 def test_bad_input_shapes_are_rejected():
-    G, D = tiny_G(c_dim=3), tiny_D(c_dim=3)
+    G, D = tiny_generator(c_dim=3), tiny_discriminator(c_dim=3)
     z, c = torch.randn(2, 32), torch.randn(2, 3)
     cases = [
         (lambda: G(torch.randn(2, 31), c), 'latent z'),
@@ -474,7 +464,7 @@ def _record_output_dtypes(net, kinds=(networks.SynthesisLayer, networks.ToRGBLay
 @pytest.mark.parametrize('architecture', ['skip', 'resnet'])
 def test_fp16_blocks_stay_float16_with_fp16_on_cpu(mode, architecture):
     torch.manual_seed(12)
-    G = tiny_G(architecture=architecture, num_fp16_res=2, conv_clamp=256).train(mode == 'train')
+    G = tiny_generator(architecture=architecture, num_fp16_res=2, conv_clamp=256).train(mode == 'train')
     with torch.no_grad():
         for p in G.parameters():
             p.add_(torch.randn_like(p) * 0.1)    # non-zero noise strengths: the noise add is exercised
@@ -496,7 +486,7 @@ def test_fp16_blocks_stay_float16_with_fp16_on_cpu(mode, architecture):
 
 def test_fp16_discriminator_blocks_with_fp16_on_cpu():
     torch.manual_seed(13)
-    D = tiny_D(architecture='skip', num_fp16_res=2, conv_clamp=256)
+    D = tiny_discriminator(architecture='skip', num_fp16_res=2, conv_clamp=256)
     seen = _record_output_dtypes(D)
     img = torch.randn(4, 3, 16, 16)
     logits = D(img, None, fp16_on_cpu=True)
@@ -532,7 +522,7 @@ def test_fused_modconv_default_rule(monkeypatch):
     real = networks.modulated_conv2d
     monkeypatch.setattr(networks, 'modulated_conv2d',
                         lambda x, *a, **k: (calls.append((x.dtype, k['fused_modconv'])), real(x, *a, **k))[1])
-    G = tiny_G(num_fp16_res=2)
+    G = tiny_generator(num_fp16_res=2)
     z = torch.randn(2, 32)
 
     def fused_flags(**kwargs):
@@ -552,8 +542,8 @@ def test_fused_modconv_default_rule(monkeypatch):
 
 def test_channels_last_fp16_matches_contiguous():
     torch.manual_seed(15)
-    G = tiny_G(num_fp16_res=2, fp16_channels_last=True).eval()
-    G_plain = tiny_G(num_fp16_res=2).eval()
+    G = tiny_generator(num_fp16_res=2, fp16_channels_last=True).eval()
+    G_plain = tiny_generator(num_fp16_res=2).eval()
     G_plain.load_state_dict(G.state_dict())
     assert G.synthesis.b16.channels_last and not G.synthesis.b4.channels_last
     z = torch.randn(2, 32)
@@ -568,7 +558,7 @@ def test_channels_last_fp16_matches_contiguous():
 def test_fused_modulated_conv_double_backward():
     """Eval-mode (fused) synthesis, noise added in place: first and second order gradients flow."""
     torch.manual_seed(16)
-    G = tiny_G().eval()
+    G = tiny_generator().eval()
     with torch.no_grad():
         for p in G.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -617,7 +607,7 @@ class _HookedD(torch.nn.Module):
 
 def _loss_setup(**kwargs):
     torch.manual_seed(17)
-    G, D = tiny_G().train().requires_grad_(False), _HookedD(tiny_D()).train().requires_grad_(False)
+    G, D = tiny_generator().train().requires_grad_(False), _HookedD(tiny_discriminator()).train().requires_grad_(False)
     pipe = _RecordingAugment()
     loss = loss_module.StyleGAN2Loss(torch.device('cpu'), G.mapping, G.synthesis, D, augment_pipe=pipe, **kwargs)
     data = dict(real_img=torch.randn(4, 3, 16, 16), real_c=torch.zeros(4, 0), gen_z=torch.randn(4, 32),

@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 import torch
 
+import builders
 from metrics import metric_main
 from stylefreq import distributed, specmetrics
 from training import config, dataset, training_loop
@@ -106,21 +107,14 @@ def test_two_processes_equal_one(tmp_path, monkeypatch):
 
 
 def tiny_run(run_dir, **flags):
-    kwargs = dict(data=DATA, cbase=256, cmax=32, map=2, batch=8, workers=0, aug='noaug', metrics=[])
-    kwargs.update(flags)
-    _, options = config.training_options(**kwargs)
-    options.G_kwargs.base_kwargs.z_dim = options.G_kwargs.base_kwargs.w_dim = 32
-    options.run_dir = str(run_dir)
+    _, options = builders.tiny_options(run_dir, **flags)
     options.kimg_per_tick = 0.016
     options.image_snapshot_ticks = options.network_snapshot_ticks = 2
-    os.makedirs(run_dir, exist_ok=True)
     return options
 
 
-def test_training_run_with_the_monitor(tmp_path, monkeypatch):
+def test_training_run_with_the_monitor(tmp_path, monkeypatch, quick_grids):
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
-    monkeypatch.setattr(training_loop, 'setup_snapshot_image_grid',
-                        lambda ts, seed=0: ((4, 2), np.stack([ts[i][0] for i in range(8)]), np.zeros([8, 0], np.float32)))
     run_dir = tmp_path / 'run'
     options = tiny_run(run_dir, freq_shift='out')
     assert options.spectral_monitor is True                       # on by default with a frequency shift

@@ -6,24 +6,23 @@ import glob
 import json
 import os
 import pathlib
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import builders
 
-import train  # noqa: E402
-from stylefreq import checkpoint, distributed, spectral  # noqa: E402
-from stylefreq.kwargs import construct_class_by_name  # noqa: E402
-from stylefreq import kwargs as sf_kwargs  # noqa: E402
-from stylefreq.persistence import persistent_class  # noqa: E402
-from stylefreq.ssd import SpectralClassifier, SSDDiscriminator  # noqa: E402
-from training import config, launch, loss as loss_module, resume  # noqa: E402
-from training import networks, training_loop  # noqa: E402
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+import train
+from stylefreq import checkpoint, distributed, spectral
+from stylefreq.kwargs import construct_class_by_name
+from stylefreq import kwargs as sf_kwargs
+from stylefreq.persistence import persistent_class
+from stylefreq.ssd import SpectralClassifier, SSDDiscriminator
+from training import config, launch, loss as loss_module, resume
+from training import networks, training_loop
 
 TINY_D = dict(class_name='training.networks.Discriminator', channel_base=256, channel_max=16)
 
@@ -303,20 +302,6 @@ def test_train_flags():
             config.training_options(data='builtin:blobs32', **bad)
 
 
-_FULL_GRID = training_loop.setup_snapshot_image_grid
-
-
-def _small_grid(training_set, random_seed=0):
-    """A 2x2 sample grid instead of 32x32 (rendering 1024 fakes would dominate a two-iteration run)."""
-    _, imgs, labels = _FULL_GRID(training_set, random_seed)
-    return (2, 2), imgs[:4], labels[:4]
-
-
-@pytest.fixture
-def small_grid(monkeypatch):
-    monkeypatch.setattr(training_loop, 'setup_snapshot_image_grid', _small_grid)
-
-
 def test_train_cli_dry_run(tmp_path):
     from click.testing import CliRunner
     result = CliRunner().invoke(train.main, ['--outdir', str(tmp_path), '--data', 'builtin:blobs32',
@@ -331,9 +316,7 @@ def test_train_cli_dry_run(tmp_path):
 
 
 def _tiny_run_args(tmp_path, name, **flags):
-    desc, args = config.training_options(data='builtin:blobs16', cbase=256, cmax=16, map=2, batch=4,
-                                                  workers=0, snap=1, aug='noaug', **flags)
-    args.G_kwargs.z_dim = args.G_kwargs.w_dim = 32
+    desc, args = builders.tiny_options(cmax=16, batch=4, snap=1, **flags)
     args.loss_kwargs.pl_weight = 0   # path length is the engine's business; R1 (gamma) stays on
     args.total_kimg = 0.004          # one iteration of 4 images: every phase, including Dreg, runs once
     args.kimg_per_tick = 0.004
@@ -353,7 +336,7 @@ def _reload_and_check(snapshot):
     return data
 
 
-def test_short_ssd_training_run_and_reload(tmp_path, capsys, small_grid):
+def test_short_ssd_training_run_and_reload(tmp_path, capsys, quick_grids):
     desc, args = _tiny_run_args(tmp_path, 'run', cfg='ssd', gamma=1)
     assert '-ssd1' in desc
     training_loop.training_loop(rank=0, **args)
@@ -383,7 +366,7 @@ def test_short_ssd_training_run_and_reload(tmp_path, capsys, small_grid):
 
 
 def _two_process_worker(proc, args):
-    training_loop.setup_snapshot_image_grid = _small_grid
+    training_loop.setup_snapshot_image_grid = builders.small_grid
     launch.train_process(proc, args)
 
 

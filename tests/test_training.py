@@ -27,20 +27,20 @@ import zipfile
 import numpy as np
 import PIL.Image
 import pytest
+
+import builders
 import torch
 from click.testing import CliRunner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-import generate  # noqa: E402
-import train  # noqa: E402
-from stylefreq import checkpoint, distributed  # noqa: E402
-from stylefreq.kwargs import EasyDict  # noqa: E402
-from training import config, launch, networks, training_loop  # noqa: E402
-from training.dataset import ImageFolderDataset  # noqa: E402
-from training.loss import StyleGAN2Loss  # noqa: E402
+import generate
+import train
+from stylefreq import checkpoint, distributed
+from stylefreq.kwargs import EasyDict
+from training import config, launch, networks, training_loop
+from training.dataset import ImageFolderDataset
+from training.loss import StyleGAN2Loss
 
 TINY_FLAGS = ['--cbase=256', '--cmax=32', '--map=2', '--batch=8', '--workers=0', '--metrics=none']
 SUBPROCESS_TIMEOUT = 300
@@ -71,15 +71,7 @@ def write_zip(path, num=12, res=16, corrupt=(), odd_size=None, seed=0):
 
 
 def tiny_args(run_dir, data='builtin:blobs16', z_dim=32, **flags):
-    """train.py's options for a tiny run (as --cbase=256 --cmax=32 --map=2 --batch=8 --workers=0 would
-    give), with a small z/w so a test iteration is cheap."""
-    kwargs = dict(data=data, cbase=256, cmax=32, map=2, batch=8, workers=0, aug='noaug', metrics=[])
-    kwargs.update(flags)
-    desc, args = config.training_options(**kwargs)
-    args.G_kwargs.z_dim = args.G_kwargs.w_dim = z_dim
-    args.run_dir = str(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    return desc, args
+    return builders.tiny_options(run_dir, data=data, z_dim=z_dim, **flags)
 
 
 def read_stats(run_dir):
@@ -94,18 +86,6 @@ def all_tensors(module):
     out = dict(module.named_parameters())
     out.update(module.named_buffers())
     return out
-
-
-def small_grid(training_set, random_seed=0):
-    """A 4x2 snapshot grid of the first 8 images (the real grid is 32x32 images at 16 px: rendering
-    it takes most of a short in-process test; test_real_run_dir_and_generate checks the real one)."""
-    images, labels = zip(*[training_set[i] for i in range(8)])
-    return (4, 2), np.stack(images), np.stack(labels)
-
-
-@pytest.fixture
-def quick_grids(monkeypatch):
-    monkeypatch.setattr(training_loop, 'setup_snapshot_image_grid', small_grid)
 
 
 def invoke(main, args):
@@ -451,7 +431,7 @@ def ddp_worker(proc, args, out_dir):
     train.py's process function, save this rank's weights, then check the consistency check and
     the gradient all-reduce in the same process group."""
     rank = proc.rank
-    training_loop.setup_snapshot_image_grid = small_grid
+    training_loop.setup_snapshot_image_grid = builders.small_grid
     launch.train_process(proc, args)
     torch.save(trained_state(), os.path.join(out_dir, f'rank{rank}.pt'))
     results = {}

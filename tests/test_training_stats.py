@@ -2,7 +2,6 @@
 costs on the device (no host round trip, nothing on another device)."""
 
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -10,10 +9,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from training import training_stats  # noqa: E402
+from training import training_stats
 
 
 class RecordOps(TorchDispatchMode):
