@@ -26,9 +26,10 @@ import numpy as np
 import PIL.Image
 
 from training import synthetic
+from training.dataset import label_table, parse_labels
 from training.dataset_writer import DatasetWriter, write_cosine_dataset
-from training.dataset import (BUILTIN_PREFIX, MAX_RESOLUTION, DatasetError, ImageSource, describe_shape,
-                              label_table, open_image_source, parse_labels)
+from training.image_sources import (BUILTIN_PREFIX, MAX_RESOLUTION, DatasetError, ImageSource, describe_shape,
+                                    open_image_source)
 
 # The most images `cosine` draws: its parameters are sampled up front (16 bytes per image and carrier).
 MAX_COSINE_COUNT = 10_000_000

@@ -288,7 +288,7 @@ def test_threads_flag_reaches_the_process_launcher(tmp_path, monkeypatch):
     """--threads goes to stylefreq.distributed.launch, which sets torch's threads in every process
     (an explicit OMP_NUM_THREADS otherwise wins over cores / processes: configure_threads)."""
     calls = []
-    monkeypatch.setattr(train.distributed, 'launch', lambda worker, num_procs, args, threads: calls.append(
+    monkeypatch.setattr(train.distributed, 'launch', lambda worker, num_procs, args, threads, device: calls.append(
         (num_procs, threads, args[0].run_dir)))
     for flags, threads in [(['--threads=3'], 3), ([], None)]:
         result = invoke([f'--outdir={tmp_path}', '--data=builtin:blobs16', '--gpus=2', *flags])

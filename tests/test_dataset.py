@@ -21,7 +21,7 @@ from click.testing import CliRunner
 ROOT = Path(__file__).resolve().parents[1]
 
 import dataset_tool
-from training import synthetic
+from training import image_sources, synthetic
 from training.dataset import DatasetError, ImageFolderDataset
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +403,7 @@ def no_reads(monkeypatch, *members):
 
 
 def test_zip_members_are_checked_from_their_headers(tmp_path, monkeypatch):
-    from training import dataset
+
     good = png_bytes(random_images(1)[0])
     # A 3 GiB member (declared in the header): refused before a byte is decompressed, also as the
     # first image (open time) and as dataset.json.
@@ -412,7 +412,7 @@ def test_zip_members_are_checked_from_their_headers(tmp_path, monkeypatch):
     first = zip_with(tmp_path / 'first.zip', {'a.png': good})
     set_declared_size(first, 'a.png', 3 << 30)
     meta = zip_with(tmp_path / 'meta.zip', {'a.png': good, 'dataset.json': b'{"labels": null}'})
-    set_declared_size(meta, 'dataset.json', dataset.MAX_DATASET_JSON_BYTES + 1)
+    set_declared_size(meta, 'dataset.json', image_sources.MAX_DATASET_JSON_BYTES + 1)
     ds = ImageFolderDataset(huge)
     with monkeypatch.context() as m:
         no_reads(m, 'a.png', 'b.png', 'dataset.json')
@@ -454,13 +454,12 @@ def test_zip_members_are_checked_from_their_headers(tmp_path, monkeypatch):
 def test_zip_reads_are_bounded_even_past_the_header_check(tmp_path, monkeypatch):
     # With the header check switched off, a member bigger than the cap is still never read whole:
     # the reader stops one byte past the cap.
-    from training import dataset
     good = png_bytes(random_images(1)[0])
     bomb = zip_with(tmp_path / 'bomb.zip', {'a.png': good, 'b.png': bytes(4 << 20)})   # 4 MiB of zeros, ~4 kB
     assert zipfile.ZipFile(bomb).getinfo('b.png').compress_size < 50_000
     ds = ImageFolderDataset(bomb)
-    monkeypatch.setattr(dataset, 'MAX_IMAGE_BYTES', 1 << 20)
-    monkeypatch.setattr(dataset, '_check_zip_header', lambda *args: None)
+    monkeypatch.setattr(image_sources, 'MAX_IMAGE_BYTES', 1 << 20)
+    monkeypatch.setattr(image_sources, '_check_zip_header', lambda *args: None)
     asked = []
     original_read = zipfile.ZipExtFile.read
     monkeypatch.setattr(zipfile.ZipExtFile, 'read', lambda self, n=-1: asked.append(n) or original_read(self, n))
@@ -470,15 +469,15 @@ def test_zip_reads_are_bounded_even_past_the_header_check(tmp_path, monkeypatch)
 
 
 def test_folder_files_are_checked_before_reading(tmp_path):
-    from training import dataset
+
     folder = Path(write_dataset(tmp_path / 'big', {'a.png': random_images(1)[0]}))
     with open(folder / 'b.png', 'wb') as f:          # sparse: no disk space, but stat() says huge
-        f.truncate(dataset.MAX_IMAGE_BYTES + 1)
+        f.truncate(image_sources.MAX_IMAGE_BYTES + 1)
     ds = ImageFolderDataset(folder)
     with pytest.raises(DatasetError, match=r"big/b\.png' is 272,168,387 bytes, more than the 272,168,386 bytes"):
         ds[1]
     with open(folder / 'dataset.json', 'wb') as f:
-        f.truncate(dataset.MAX_DATASET_JSON_BYTES + 1)
+        f.truncate(image_sources.MAX_DATASET_JSON_BYTES + 1)
     with pytest.raises(DatasetError, match=r"big/dataset\.json' is 67,108,865 bytes"):
         ImageFolderDataset(folder)
     if hasattr(os, 'mkfifo'):                        # opening a FIFO would block forever
@@ -524,9 +523,9 @@ def test_only_pixel_decoders_are_used(tmp_path):
     assert len(ds) == 2
     with pytest.raises(DatasetError, match=r"ps/b\.png' is not a readable image"):
         ds[1]
-    from training import dataset
-    assert {'.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif'} <= dataset.image_extensions()
-    assert not {'.eps', '.ps', '.pdf', '.txt'} & dataset.image_extensions()
+
+    assert {'.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif'} <= image_sources.image_extensions()
+    assert not {'.eps', '.ps', '.pdf', '.txt'} & image_sources.image_extensions()
 
 
 def test_channels_are_checked_when_the_dataset_opens(tmp_path):

@@ -15,7 +15,7 @@ import PIL.Image
 
 from stylefreq import files
 from training import synthetic
-from training.dataset import archive_name
+from training.image_sources import archive_name
 
 
 def encode_png(image: np.ndarray) -> bytes:
