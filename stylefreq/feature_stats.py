@@ -20,93 +20,89 @@ from stylefreq import files
 
 
 class FeatureStats:
-    """Running statistics of feature rows: all rows and/or float64 sums for mean and covariance.
+    """Statistics of a stream of feature rows [N, F]: every row kept (`capture_all`, float32), and/or
+    float64 running sums for the mean (`capture_mean`) and the second moment (`capture_mean_cov`,
+    which implies the mean). `capture_mean` alone suits wide rows such as power spectra, whose
+    covariance would be huge and unused. At most `max_items` rows are taken.
 
-    Attribute names are upstream's (capture_all, capture_mean_cov, max_items, num_items,
-    num_features, all_features, raw_mean, raw_cov). `capture_mean` keeps only the float64 sum of
-    the rows (e.g. summed power spectra, where a covariance would be huge and useless).
+    Attributes keep the names StyleGAN2-ADA's statistics use: capture_all, capture_mean_cov,
+    max_items, num_items, num_features, all_features, raw_mean, raw_cov.
     """
 
     def __init__(self, capture_all=False, capture_mean_cov=False, max_items=None, capture_mean=False):
-        self.capture_all = capture_all
-        self.capture_mean_cov = capture_mean_cov
-        self.capture_mean = capture_mean or capture_mean_cov
+        self.capture_all, self.capture_mean_cov = capture_all, capture_mean_cov
+        self.capture_mean = bool(capture_mean or capture_mean_cov)
         self.max_items = max_items
-        self.num_items = 0
-        self.num_features = None
-        self.all_features = None
-        self.raw_mean = None
-        self.raw_cov = None
+        self.num_items, self.num_features = 0, None
+        self.all_features = self.raw_mean = self.raw_cov = None
 
-    def _init_features(self, num_features):
-        if self.num_features is None:
-            self.num_features = num_features
-            self.all_features = []
-            if self.capture_mean:
-                self.raw_mean = np.zeros([num_features], dtype=np.float64)
-            if self.capture_mean_cov:
-                self.raw_cov = np.zeros([num_features, num_features], dtype=np.float64)
-        elif num_features != self.num_features:
-            raise ValueError(f'feature rows changed width from {self.num_features} to {num_features}')
-
-    def is_full(self):
+    def is_full(self) -> bool:
         return self.max_items is not None and self.num_items >= self.max_items
 
-    def append(self, x):
-        """Add rows [N, F] (anything np.asarray takes), keeping at most max_items rows in total."""
-        x = np.asarray(x)
-        if x.ndim != 2:
-            raise ValueError(f'feature rows must be [N, F], got shape {list(x.shape)}')
-        if self.max_items is not None:
-            x = x[:max(self.max_items - self.num_items, 0)]
-        self._init_features(x.shape[1])
-        if x.shape[0] == 0:
+    def _start(self, width):
+        """Allocate the sums on the first rows; later rows must have the same width."""
+        if self.num_features is not None:
+            if width != self.num_features:
+                raise ValueError(f'feature rows changed width from {self.num_features} to {width}')
             return
-        self.num_items += x.shape[0]
+        self.num_features, self.all_features = width, []
+        self.raw_mean = np.zeros(width) if self.capture_mean else None
+        self.raw_cov = np.zeros((width, width)) if self.capture_mean_cov else None
+
+    def append(self, rows):
+        """Take rows [N, F] (array-like) up to max_items in total."""
+        rows = np.asarray(rows)
+        if rows.ndim != 2:
+            raise ValueError(f'feature rows must be [N, F], got shape {list(rows.shape)}')
+        room = rows.shape[0] if self.max_items is None else max(0, self.max_items - self.num_items)
+        rows = rows[:room]
+        self._start(rows.shape[1])
+        if len(rows) == 0:
+            return
+        self.num_items += len(rows)
         if self.capture_all:
-            self.all_features.append(x.astype(np.float32))
+            self.all_features.append(rows.astype(np.float32))
         if self.capture_mean:
-            x64 = x.astype(np.float64)
-            self.raw_mean += x64.sum(axis=0)
+            wide = rows.astype(np.float64)
+            np.add(self.raw_mean, wide.sum(axis=0), out=self.raw_mean)
             if self.capture_mean_cov:
-                self.raw_cov += x64.T @ x64
+                np.add(self.raw_cov, np.matmul(wide.T, wide), out=self.raw_cov)
 
-    def get_all(self):
+    def get_all(self) -> np.ndarray:
+        """Every row taken, float32 [num_items, F]."""
         if not self.capture_all:
-            raise ValueError('these statistics did not capture all features')
-        if not self.all_features:
-            return np.zeros([0, self.num_features or 0], dtype=np.float32)
-        if len(self.all_features) > 1:
-            self.all_features = [np.concatenate(self.all_features, axis=0)]
-        return self.all_features[0]
+            raise ValueError('these statistics did not keep their rows (capture_all=False)')
+        parts = self.all_features or [np.zeros((0, self.num_features or 0), np.float32)]
+        if len(parts) > 1:
+            parts = self.all_features = [np.concatenate(parts)]
+        return parts[0]
 
-    def get_all_torch(self):
+    def get_all_torch(self) -> torch.Tensor:
         return torch.from_numpy(self.get_all())
 
-    def get_mean(self):
-        if not self.capture_mean or self.num_items == 0:
-            raise ValueError('no mean was captured (no items, or capture_mean off)')
+    def get_mean(self) -> np.ndarray:
+        if not (self.capture_mean and self.num_items):
+            raise ValueError('no mean to give: capture_mean is off or no rows were taken')
         return self.raw_mean / self.num_items
 
     def get_mean_cov(self):
-        """Mean and biased covariance E[xx^T] - mu mu^T, both float64."""
-        if not self.capture_mean_cov or self.num_items == 0:
-            raise ValueError('no covariance was captured (no items, or capture_mean_cov off)')
-        mean = self.raw_mean / self.num_items
-        cov = self.raw_cov / self.num_items - np.outer(mean, mean)
-        return mean, cov
+        """(mean, covariance), float64; the covariance is the biased one, E[x x^T] - mean mean^T."""
+        if not (self.capture_mean_cov and self.num_items):
+            raise ValueError('no covariance to give: capture_mean_cov is off or no rows were taken')
+        mean = self.get_mean()
+        return mean, self.raw_cov / self.num_items - np.outer(mean, mean)
 
     def save(self, path):
-        """Write these statistics to `path` (the cache format; see `save_stats_file`)."""
+        """Write these statistics to `path` in the cache format (`save_stats_file`)."""
         save_stats_file(path, {'stats': self})
 
     @staticmethod
     def load(path):
-        """Read statistics written by `save` (never runs code from the file)."""
-        stats = load_stats_file(path)
-        if stats is None or 'stats' not in stats:
+        """Statistics written by `save` (read without pickle)."""
+        loaded = load_stats_file(path)
+        if loaded is None or 'stats' not in loaded:
             raise ValueError(f'{path} is not a statistics file written by FeatureStats.save')
-        return stats['stats']
+        return loaded['stats']
 
 
 STATS_FORMAT = 'stylefreq-metric-stats-2'
