@@ -118,6 +118,8 @@ Under torchrun the presets are computed for torchrun's number of processes.
               type=click.Choice(['official', 'joint']))
 @click.option('--freq-shift', help='Frequency-shifted synthesis: none, out, fsg16, noshift16, learn16 or carriers '
               'u,v;u,v in cycles/pixel, e.g. 1/16,0;0,1/16 [default: none]', metavar='SPEC')
+@click.option('--d-antialias', help='Low-pass (FIR) before each downsampling in D; 0 lets D see content near '
+              'Nyquist [default: true]', type=bool, metavar='BOOL')
 @click.option('--spectral-monitor', help='Report the generated images\' spectral discrepancy every tick '
               '[default: true with --cfg=ssd or --freq-shift]', type=bool, metavar='BOOL')
 def main(ctx, outdir, dry_run, threads, **flags):
@@ -138,6 +140,8 @@ def main(ctx, outdir, dry_run, threads, **flags):
 
     say = print if is_rank0 else (lambda _text: None)      # under torchrun, rank 0 speaks for all
     say(_plan(options))
+    for note in config.advice(options):
+        say(note)
     if dry_run:
         say('Dry run; exiting.')
         return

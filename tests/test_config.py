@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -295,3 +296,33 @@ def test_threads_flag_reaches_the_process_launcher(tmp_path, monkeypatch):
         assert result.exit_code == 0, result.output
         assert calls[-1][:2] == (2, threads)
     assert not os.path.exists(calls[-1][2])          # the run directory is the processes' to create
+
+
+def test_d_antialias_flag_options_name_and_advice(tmp_path):
+    _, plain = config.training_options(data='builtin:blobs32', freq_shift='out')
+    assert 'resample_filter' not in plain.D_kwargs.block_kwargs
+    assert config.advice(plain) == [config.OUT_SHIFT_WARNING]
+    desc, opened = config.training_options(data='builtin:blobs32', freq_shift='out', d_antialias=False)
+    assert opened.D_kwargs.block_kwargs.resample_filter == [1] and desc.endswith('-dnoaa-out')
+    assert config.advice(opened) == []
+    _, ssd = config.training_options(data='builtin:blobs32', cfg='ssd', freq_shift='out', d_antialias=False)
+    assert ssd.D_kwargs.spatial_kwargs.block_kwargs.resample_filter == [1] and config.advice(ssd) == []
+    _, fsg = config.training_options(data='builtin:blobs32', freq_shift='fsg16')
+    assert config.advice(fsg) == []
+    result = invoke([f'--outdir={tmp_path}', '--data=builtin:blobs32', '--freq-shift=out', '--dry-run'])
+    assert result.exit_code == 0 and config.OUT_SHIFT_WARNING in result.output
+
+
+def test_what_an_unfiltered_discriminator_sees_near_nyquist():
+    """The reason for --d-antialias=0: D's downsampling low-pass (FIR [1,3,3,1]) removes a carrier at
+    (15,15)/32 almost entirely, so D's lower resolutions cannot tell it from its neighbours; without
+    the filter the carrier reaches them as its alias at (1,1)/16."""
+    from stylefreq.ops import upfirdn2d
+    y, x = torch.meshgrid(torch.arange(32.), torch.arange(32.), indexing='ij')
+    carrier = torch.cos(2 * torch.pi * 15 * (x + y) / 32)[None, None]
+    fir = upfirdn2d.downsample2d(carrier, upfirdn2d.setup_filter([1, 3, 3, 1]))
+    none = upfirdn2d.downsample2d(carrier, upfirdn2d.setup_filter([1]))
+    assert fir.square().mean() < 1e-5 * carrier.square().mean()
+    assert none.square().mean() == pytest.approx(carrier.square().mean(), rel=0.05)
+    alias = torch.cos(2 * torch.pi * (x[::2, ::2] + y[::2, ::2]) / 16)
+    assert torch.allclose(none[0, 0], alias, atol=1e-4)       # (15,15)/32 seen at 16 px is (1,1)/16

@@ -331,6 +331,14 @@ def _performance(options, fp32, nhwc, nobench, allow_tf32, workers):
         options.data_loader_kwargs.num_workers = _integer(workers, 0, '--workers')
 
 
+def _discriminator_filter(options, name, d_antialias):
+    """--d-antialias=0: D's downsampling layers use no FIR low-pass ([1]), so content near Nyquist
+    reaches its lower resolutions as aliases instead of being filtered out (see `advice`)."""
+    if d_antialias is not None and not d_antialias:
+        options.D_kwargs.block_kwargs.resample_filter = [1]
+        name.append('dnoaa')
+
+
 def _features(options, name, cfg, facts: DataFacts, ssd, ssd_lambda, ssd_mode, freq_shift):
     try:
         suffix, options.G_kwargs, options.D_kwargs = features.configure(
@@ -358,7 +366,7 @@ def training_options(*, data=None, gpus=None, snap=None, metrics=None, seed=None
                      mirror=None, cfg=None, gamma=None, kimg=None, batch=None, aug=None, p=None, target=None,
                      augpipe=None, resume=None, freezed=None, fp32=None, nhwc=None, nobench=None, allow_tf32=None,
                      workers=None, cbase=None, cmax=None, map=None, mbstd_group=None, ssd=None, ssd_lambda=None,
-                     ssd_mode=None, freq_shift=None, spectral_monitor=None):
+                     ssd_mode=None, freq_shift=None, spectral_monitor=None, d_antialias=None):
     """(desc, options) for a new run; see the module docstring. Flags are train.py's (None = not given)."""
     options, name = EasyDict(), []
     _general(options, process_count(gpus), snap, metrics, seed)
@@ -369,9 +377,26 @@ def training_options(*, data=None, gpus=None, snap=None, metrics=None, seed=None
     _resume(options, name, resume, facts)
     _freeze(options, name, freezed)
     _performance(options, fp32, nhwc, nobench, allow_tf32, workers)
+    _discriminator_filter(options, name, d_antialias)
     _features(options, name, cfg, facts, ssd, ssd_lambda, ssd_mode, freq_shift)
     _spectral_monitor(options, spectral_monitor)
     return '-'.join(name), options
+
+
+def advice(options) -> list:
+    """Warnings about option combinations that the measurements in the README show to fail."""
+    notes = []
+    G, D = options.G_kwargs, options.D_kwargs
+    spatial_D = D.get('spatial_kwargs', D)
+    if G.get('mode') == 'out' and spatial_D.get('block_kwargs', {}).get('resample_filter') != [1]:
+        notes.append(OUT_SHIFT_WARNING)
+    return notes
+
+
+# The cosine study's measurement (README, "Frequency-shifted synthesis"): numbers go here.
+OUT_SHIFT_WARNING = ('warning: --freq-shift=out with an anti-aliased discriminator lands next to the data\'s '
+                     'frequency instead of on it on some seeds (README, "Frequency-shifted synthesis"); '
+                     'add --d-antialias=0 so the discriminator sees content near Nyquist')
 
 
 # Flags that may change when a run directory is continued: the schedule, evaluation and loading,
