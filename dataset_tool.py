@@ -356,7 +356,7 @@ def shift(source, dest, max_images):
               help='Std of the phase, in units of pi')
 @fail_on_dataset_errors
 def cosine(dest, freqs, resolution, count, seed, mag_mean, mag_std, phase_std):
-    """Write a planar-cosine dataset (research/freqbias.md section 3.6), one channel.
+    """Write a planar-cosine dataset (Khayatkhoei & Elgammal), one channel.
 
     \b
     I[y,x] = 1/K sum_k m_k cos(2 pi (fx_k x + fy_k y) / R + phi_k)      x = column, y = row

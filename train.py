@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Train a StyleGAN2-ADA-compatible GAN, with SSD-GAN's discriminator branch and frequency-shifted
-synthesis as options. Flags, defaults and run-directory names are upstream's (research/upstream.md).
+synthesis as options. Flags, defaults and run-directory names are upstream's (StyleGAN2-ADA's).
 
     python train.py --outdir=runs --data=~/datasets/ffhq256.zip --gpus=8 --cfg=paper256 --mirror=1
     python train.py --outdir=runs --resume=runs/00003-ffhq256-mirror-paper256      # continue in place

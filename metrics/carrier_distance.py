@@ -1,4 +1,4 @@
-"""Per-carrier distribution distance of planar-cosine data (research/freqbias.md §4.5).
+"""Per-carrier distribution distance of planar-cosine data (Khayatkhoei & Elgammal's toy evaluation).
 
 For every carrier (fx, fy) of a cosine dataset, each image's DFT coefficient gives a magnitude m
 and a phase phi (`training.synthetic.estimate_cosine_params` reads them, the inverse of the data

@@ -5,7 +5,7 @@
 The result is what upstream's training loop writes: a pickled dict with `G`, `D`, `G_ema`,
 `augment_pipe` (always None: the augmentation pipeline is a training-time object and is not
 exported) and `training_set_kwargs`, where every network is an upstream persistent object
-(research/upstream.md section 2):
+(torch_utils.persistence, version 6):
 
     (torch_utils.persistence._reconstruct_persistent_obj, (meta,)),
     meta = dict(type='class', version=6, module_src=<source>, class_name=<name>, state=<dict>)

@@ -213,7 +213,7 @@ _SSD_LOG_EPS = 1e-10    # inside the square root, after it, and on the bin count
 def ssd_feature(x):
     """SSD-GAN's spectral feature phi(x): [N, C, H, W] (C = 1 or 3) -> [N, K - 3] in [0, 1].
 
-    Bin for bin the PyTorch feature of the official code (research/ssdgan.md section 1a):
+    Bin for bin the PyTorch feature of the official code (cyq373/SSD-GAN, get_fft_feature.py):
       g = 0.2989 R + 0.5870 G + 0.1140 B (C = 1: the channel itself)
       F = FFT2(g), unnormalised;  re, im = Re F + 1e-8, Im F + 1e-8
       M = ln(sqrt(re^2 + im^2 + 1e-10) + 1e-10), shifted so DC sits at (H // 2, W // 2)

@@ -1,47 +1,17 @@
-"""SSD-GAN's spectral discriminator branch as a plug-in wrapper around any discriminator.
+"""SSD-GAN's spectral discriminator branch (Chen et al., AAAI 2021) as a wrapper around any
+discriminator: `SSDDiscriminator` holds the spatial D (`self.spatial`, built from its own class_name
+and kwargs) and a `SpectralClassifier` on the reduced spectrum phi(x) (stylefreq.spectral.ssd_feature),
+and returns one logit per image, [N, 1], so any loss written for a plain D runs unchanged:
 
-SSD-GAN (Chen et al., AAAI 2021; research/ssdgan.md) scores an image twice: the usual spatial
-discriminator D(x), and a spectral classifier C on a 1-D reduced spectrum phi(x) (`ssd_feature`).
-`SSDDiscriminator` holds the spatial D as a child (`self.spatial`, built from its own class_name and
-kwargs) plus a `SpectralClassifier`, and returns one logit per image, [N, 1], so any loss written
-for a plain D runs unchanged:
+  D_kwargs = dict(class_name='stylefreq.ssd.SSDDiscriminator', mode='official', ssd_lambda=0.5,
+                  spatial_kwargs=dict(class_name='training.networks.Discriminator', channel_base=...))
 
-  D_kwargs = dict(class_name='stylefreq.ssd.SSDDiscriminator',
-                  spatial_kwargs=dict(class_name='training.networks.Discriminator', channel_base=...),
-                  mode='official', ssd_lambda=0.5)
-
-Modes (s_D = spatial logit, s_C = C(phi(x)), sg = stop-gradient, lambda = `ssd_lambda`):
-
-  'official'  logit = lambda * s_D(x) + (1 - lambda) * sg(C(phi(sg(x))))
-              What the authors' code trains. phi is computed on the detached image and C's score is
-              a constant to the main loss: D's parameters and the image (hence G) get gradient only
-              through s_D. C is trained by its own hinge loss, returned by the `aux_loss(img, c, real)`
-              hook that `training.loss.StyleGAN2Loss` adds to the D loss:
-                  L_C = [1 - C(phi(x))]_+ for reals,  [1 + C(phi(G(z)))]_+ for fakes.
-  'joint'     logit = lambda * s_D(x) + (1 - lambda) * C(phi(x))
-              The paper's equation with everything differentiable: C is trained by the main GAN
-              loss, and G receives gradient through C, the log-spectrum and the FFT. There is no
-              auxiliary loss. This is a variant, not what produced the published numbers.
-
-R1. The loss penalises the gradient of the logit it sees, the wrapper's. In 'official' mode that
-gradient is lambda * grad s_D (C is a constant), so R1 acts on the spatial D with an effective
-gamma of lambda^2 * gamma; since s_D settles at a scale about 1/lambda larger than a plain D's logit
-to give the same combined logit, that is the same relative strength as a plain D at gamma. (The TF
-SSD-StyleGAN applies gamma to s_D itself; to reproduce that, pass gamma / lambda^2.) In 'joint'
-mode the gradient includes C's path through phi, so R1 also regularises C (double backward through
-the FFT is supported).
-
-Augmentation. The loss hands the wrapper the augmented image, and phi is computed on exactly the
-image D scores (the same for `aux_loss`): C and D see the same distribution of reals and fakes,
-which is what keeps ADA's augmentations from leaking into G.
-
-Conditioning. The spatial D stays conditional (c is passed through); C ignores c, as in the
-official code, which has no conditional variant of the spectral branch.
-
-Checkpoints. `inner_prefixes = ('spatial.',)` lets `training.resume.copy_weights` load a
-plain discriminator's tensors into the wrapper (they keep their names under `spatial.`); C then
-starts fresh. Any extra constructor keyword (e.g. `num_fp16_res`, `conv_clamp` from
-`checkpoint.load_network_pkl(force_fp16=True)`) is passed on to the spatial D.
+Modes (their logits, R1's effective strength and how C is trained: README, "Spectral
+discriminator branch"): 'official', the authors' training, where C sees detached images and is
+trained by its hinge loss through the `aux_loss(img, c, real)` hook; 'joint', everything
+differentiable. phi sees exactly the (augmented) image D scores; C ignores labels.
+`inner_prefixes = ('spatial.',)` lets a plain discriminator's tensors load into the wrapper
+(training.resume.copy_weights); extra constructor keywords go to the spatial D.
 """
 
 import math

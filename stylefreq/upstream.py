@@ -3,7 +3,7 @@
 The patches keep their own lines few: `train.py` hands its option dict to `configure_training`,
 `training/loss.py` adds `d_aux_loss` to the discriminator loss, and `metrics/metric_main.py`
 registers `metric_functions(metric_utils)`. Everything here is written against upstream's public
-interfaces (research/upstream.md sections 1 and 3): the network-kwargs dicts, `MetricOptions`
+interfaces: the network-kwargs dicts, `MetricOptions`
 (`G, G_kwargs, dataset_kwargs, num_gpus, rank, device, progress, cache`) and
 `metric_utils.get_feature_detector`. Like all of stylefreq/, it never imports the engine's
 `training/` or `metrics/` packages: inside a checkout those names are upstream's.

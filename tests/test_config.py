@@ -1,6 +1,6 @@
 """training/config.py and train.py's command line: options, run names and refusals.
 
-The expected options are upstream's (research/upstream.md section 1); the references below are
+The expected options are upstream's (StyleGAN2-ADA's train.py); the references below are
 written out by hand from that table, not taken from the code under test. Nothing here trains.
 """
 

@@ -608,7 +608,7 @@ def test_short_training_run_composes_with_cfg_and_generate(cfg, tmp_path, monkey
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-carrier distance (research/freqbias.md §4.5).
+# Per-carrier distance (the authors' toy evaluation).
 
 
 def test_carrier_distance_hand_computed_cases():

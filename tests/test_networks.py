@@ -17,7 +17,7 @@ from training import loss as loss_module
 from training import networks
 
 # ---------------------------------------------------------------------------------------------
-# Name/shape tables, written from the documented upstream layout (research/upstream.md section 2).
+# Name/shape tables, written from the documented upstream layout (StyleGAN2-ADA's published layout).
 
 
 def expected_generator_tensors(R, z_dim, w_dim, c_dim, img_channels, channel_base, channel_max,
@@ -132,7 +132,7 @@ def test_discriminator_tensor_names_and_shapes(architecture, c_dim, img_channels
 
 
 @pytest.mark.parametrize('R,G_kwargs,D_kwargs,c_dim,G_count,D_count', [
-    # Counts verified against upstream (research/upstream.md section 2).
+    # Counts verified against upstream (StyleGAN2-ADA's published figures).
     (1024, dict(map=8, channel_base=32768), dict(channel_base=32768), 0, 30_370_060, 29_012_513),
     (256, dict(map=2, channel_base=16384), dict(channel_base=16384), 0, 23_191_522, 24_001_089),
     (32, dict(map=2, channel_base=32768), dict(channel_base=32768, architecture='orig'), 10, 20_215_315, 23_089_664),

@@ -671,7 +671,7 @@ def test_upfirdn2d_more_bad_arguments(kwargs, match):
 # Evaluation order: bitwise float32 parity on the CPU
 # ---------------------------------------------------------------------------
 # StyleGAN2-ADA's reference path fixes the float32 rounding of every op by the order in which it
-# evaluates it (networks_spec.md 1.3/1.4): zero insertion, padding, a depthwise F.conv2d with the
+# evaluates it (the clean-room spec of upfirdn2d / conv2d_resample): zero insertion, padding, a depthwise F.conv2d with the
 # gain-scaled kernel cast to x's dtype, slicing; resampling convolutions in the per-case orders
 # below. The literal chains here are built from those primitives in that order; the op under test
 # must reproduce them bit for bit on the CPU (its shortcuts -- stride instead of slicing, implicit
@@ -730,7 +730,7 @@ def _transposed_weight(w, groups):
 @pytest.mark.parametrize('case', ['conv0 up (d)', 'conv0 up fused (d)', 'conv1 (e)', 'torgb (e)', 'G skip 1x1 up (b)',
                                   'D conv1 down (c)', 'D skip 1x1 down (a)', 'asymmetric (f)'])
 def test_conv2d_resample_float32_bitwise_reference_order(case):
-    # The concrete steps of networks_spec.md 1.4 for every layer shape the networks use.
+    # The concrete steps of the spec's conv2d_resample evaluation orders for every layer shape the networks use.
     f = upfirdn2d.setup_filter(FIR4)
     groups = 2 if 'fused' in case else 1
     k = 1 if '1x1' in case or 'torgb' in case else 3

@@ -9,7 +9,7 @@ import torch
 from stylefreq import spectral
 
 # ---------------------------------------------------------------------------------------------
-# NumPy references, written from the spec (research/ssdgan.md section 1a), one image at a time.
+# NumPy references, written from the spec (SSD-GAN's get_fft_feature.py, as documented), one image at a time.
 
 
 def np_quadrant_swap(m):

@@ -135,7 +135,7 @@ def test_dry_run_prints_options_and_upstream_run_dir(tmp_path):
             in result.output)
 
 
-AUTO_EXPECTED = {  # resolution -> (batch, gamma, ema_kimg, lrate, channel_base, mbstd), 1 GPU (upstream.md)
+AUTO_EXPECTED = {  # resolution -> (batch, gamma, ema_kimg, lrate, channel_base, mbstd), 1 GPU (upstream's --cfg=auto)
     32: (32, 0.0064, 10, 0.0025, 16384, 4),
     256: (16, 0.8192, 5, 0.0025, 16384, 4),
     512: (8, 6.5536, 2.5, 0.0025, 32768, 4),

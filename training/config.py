@@ -3,7 +3,7 @@
 `training_options(**flags)` returns `(desc, options)`: the run description (the run directory's name
 without its number) and an EasyDict of JSON values, the keyword arguments of
 `training_loop.training_loop`. Keys, values and their order are upstream's
-(research/upstream.md section 1), so an options file reads the same in both projects:
+, so an options file reads the same in both projects:
 
     num_gpus, image_snapshot_ticks, network_snapshot_ticks, metrics, random_seed,
     training_set_kwargs, data_loader_kwargs, G_kwargs, D_kwargs, G_opt_kwargs, D_opt_kwargs,

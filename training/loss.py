@@ -1,6 +1,6 @@
 """StyleGAN2 loss: non-saturating logistic GAN loss, lazy R1 and path-length regularisation.
 
-Written from research/networks_spec.md section 5. The training loop calls
+Written from a specification of the mathematics, not from upstream's code. The training loop calls
 
     loss.accumulate_gradients(phase=..., real_img=..., real_c=..., gen_z=..., gen_c=..., gain=...)
 

@@ -1,6 +1,6 @@
 """StyleGAN2-ADA generator and discriminator: stylefreq's implementation, upstream's format.
 
-Written from research/networks_spec.md. Class names, constructor arguments, tensor names, shapes
+Written from a specification of the mathematics, not from upstream's code. Class names, constructor arguments, tensor names, shapes
 and the order in which tensors are created are those of NVlabs/stylegan2-ada-pytorch, so its
 checkpoints load by name and produce the same images; everything else here is stylefreq's own.
 

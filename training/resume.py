@@ -36,7 +36,7 @@ from stylefreq.kwargs import EasyDict
 OPTIONS_FILE = 'training_options.json'
 SNAPSHOT_NAME = re.compile(r'network-snapshot-(\d+)\.pkl')
 
-# Upstream's published transfer-learning sources (research/upstream.md section 1).
+# Upstream's published transfer-learning sources (StyleGAN2-ADA's train.py --resume names).
 _TRANSFER_SOURCES = 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/transfer-learning-source-nets/'
 RESUME_URLS = {
     'ffhq256': _TRANSFER_SOURCES + 'ffhq-res256-mirror-paper256-noaug.pkl',

@@ -38,7 +38,7 @@ def is_power_of_two(n: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Frequency shift by (1/2, 1/2) cycles per pixel (research/freqbias.md §3.3: SCelebA, SBedrooms).
+# Frequency shift by (1/2, 1/2) cycles per pixel (Khayatkhoei & Elgammal's SCelebA, SBedrooms).
 
 
 def shift_spectrum_half(images: np.ndarray) -> np.ndarray:
@@ -59,7 +59,7 @@ def shift_spectrum_half(images: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Planar cosines (research/freqbias.md §3.6).
+# Planar cosines (Khayatkhoei & Elgammal, AAAI 2022: the introduction's example).
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The training loop: one process's share of a StyleGAN2-ADA run (research/upstream.md section 5).
+"""The training loop: one process's share of a StyleGAN2-ADA run.
 
     training_loop(rank=0, device='cpu', **options)    # options: training.config's dict
 
