@@ -31,9 +31,11 @@ from training import config, launch, synthetic
 from training.dataset import ImageFolderDataset
 from training.dataset_writer import write_cosine_dataset
 
-VARIANTS = ('base', 'out', 'fsg', 'ssd')
-VARIANT_HELP = ('base: the plain generator; out: --freq-shift=out (the (-1)^(x+y) output shift); fsg: one '
-                'FSG carrier at the data\'s frequency; ssd: the plain generator with --cfg=ssd')
+VARIANTS = ('base', 'out', 'fsg', 'ssd', 'out-aa', 'base-noaa')
+VARIANT_HELP = ('base: the plain generator; out: --freq-shift=out (the (-1)^(x+y) output shift) with '
+                '--d-antialias=0, the recipe; fsg: one FSG carrier at the data\'s frequency; ssd: the plain '
+                'generator with --cfg=ssd; out-aa: the output shift with the anti-aliased D (upstream\'s); '
+                'base-noaa: the plain generator with --d-antialias=0 (a control)')
 
 
 @dataclasses.dataclass
@@ -55,16 +57,13 @@ class Setup:
 
 def variant_flags(variant: str, carrier, resolution: int) -> dict:
     """train.py flags that make `variant` for a dataset whose carrier is (fx, fy) cycles per image."""
-    if variant == 'base':
-        return {}
-    if variant == 'out':
-        return dict(freq_shift='out')
-    if variant == 'fsg':
-        fx, fy = carrier
-        return dict(freq_shift=f'{fx}/{resolution},{fy}/{resolution}')
-    if variant == 'ssd':
-        return dict(cfg='ssd')
-    raise ValueError(f'unknown variant {variant!r}; choose from {", ".join(VARIANTS)}')
+    fx, fy = carrier
+    flags = {'base': {}, 'out': dict(freq_shift='out', d_antialias=False), 'out-aa': dict(freq_shift='out'),
+             'fsg': dict(freq_shift=f'{fx}/{resolution},{fy}/{resolution}'), 'ssd': dict(cfg='ssd'),
+             'base-noaa': dict(d_antialias=False)}
+    if variant not in flags:
+        raise ValueError(f'unknown variant {variant!r}; choose from {", ".join(VARIANTS)}')
+    return flags[variant]
 
 
 def check_variant(variant: str, carrier, resolution: int) -> None:
