@@ -216,7 +216,8 @@ class Dataset(torch.utils.data.Dataset):
             got = f'{pixels.dtype} {list(pixels.shape)}' if isinstance(pixels, np.ndarray) else type(pixels).__name__
             raise DatasetError(f'{self._where()}: image {raw_idx} is {got}, expected uint8 {list(expected)}.')
         mirrored = np.flip(pixels, axis=2) if self._xflip[idx] else pixels
-        return np.ascontiguousarray(mirrored), self.get_label(idx)
+        # Contiguous and writable (a decoded image may be a read-only view; torch warns about those).
+        return np.require(mirrored, requirements=['C', 'W']), self.get_label(idx)
 
     def _get_raw_labels(self) -> np.ndarray:
         return self._raw_labels
