@@ -55,7 +55,7 @@ ssd = auto plus the SSD-GAN spectral discriminator branch, which --ssd=1 (or --s
 --ssd-mode) adds to any other --cfg.
 --resume=<run dir> continues that run in place from its latest snapshot: images seen, tick,
 ADA p and optimizer state carry over. Its options come from its training_options.json; only
---kimg, --snap, --metrics and --workers may change.
+--kimg, --snap, --metrics, --workers and --spectral-monitor may change.
 Under torchrun the presets are computed for torchrun's number of processes.
 """
 
