@@ -182,3 +182,17 @@ def test_off_carrier_generator_is_called_out():
     monitor.observe(as_float(real[:64]))
     monitor.finish_tick()
     assert monitor.warning is None
+
+
+def test_no_peak_warning_for_a_generator_far_from_the_peak():
+    """A generator that has not found the data's peak at all (low frequencies only) shows in
+    db_high; the peak warning is for energy beside the peak."""
+    from training import synthetic
+    spec = synthetic.CosineSpec(resolution=32, freqs=((15, 15),))
+    m, p = synthetic.sample_cosine_params(spec, 256, seed=0)
+    real = torch.from_numpy(synthetic.to_uint8(synthetic.render_cosines(spec, m, p)))[:, None]
+    monitor = SpectralMonitor(specmetrics.batch_power_sum(real).reshape(32, 32).numpy() / 256, 'cpu')
+    y, x = torch.meshgrid(torch.arange(32.), torch.arange(32.), indexing='ij')
+    monitor.observe((0.3 * torch.cos(2 * torch.pi * (x + y) / 32)).expand(64, 1, 32, 32))
+    result = monitor.finish_tick()
+    assert monitor.warning is None and result['Spectral/db_high'] > 10
