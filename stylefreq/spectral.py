@@ -193,10 +193,14 @@ def radial_profile(spec, bins=None, eps=0.0):
 
 
 def minmax_normalize(p, eps=0.0):
-    """(p - min) / (max - min + eps) per sample over the last dim (differentiable; ties share gradient)."""
+    """(p - min) / (max - min + eps) per sample over the last dim (differentiable; ties share gradient).
+    With eps = 0 a flat sample (max = min) maps to zeros instead of 0/0."""
     lo = p.amin(dim=-1, keepdim=True)
     hi = p.amax(dim=-1, keepdim=True)
-    return (p - lo) / (hi - lo + eps) if eps else (p - lo) / (hi - lo)
+    if eps:
+        return (p - lo) / (hi - lo + eps)
+    span = hi - lo
+    return (p - lo) / torch.where(span > 0, span, torch.ones_like(span))
 
 
 def ssd_feature_size(height, width=None):
@@ -225,8 +229,8 @@ def ssd_feature(x):
 
     Unlike the official code, nothing is detached and nothing leaves the device (the bin indices
     are precomputed once per resolution): the feature is differentiable end to end, batched, and
-    computed in float32 (float64 input stays float64). A flat profile (e.g. a constant image) gives
-    0/0 = NaN, as in the official code.
+    computed in float32 (float64 input stays float64). An exactly flat profile would be 0/0 = NaN in
+    the official code (and a NaN loss for the whole step); here it gives zeros.
     """
     _check_dims(x, 4, 'ssd_feature', '[N, C, H, W]')
     if x.shape[1] not in (1, 3):

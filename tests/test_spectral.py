@@ -224,7 +224,9 @@ def test_to_grayscale():
 
 
 def test_minmax_normalize():
-    p = torch.tensor([[1.0, 3.0, 2.0], [-2.0, 0.0, 2.0]])
-    torch.testing.assert_close(spectral.minmax_normalize(p), torch.tensor([[0.0, 1.0, 0.5], [0.0, 0.5, 1.0]]))
-    torch.testing.assert_close(spectral.minmax_normalize(p, eps=1.0),
+    p = torch.tensor([[1.0, 3.0, 2.0], [-2.0, 0.0, 2.0], [4.0, 4.0, 4.0]])
+    torch.testing.assert_close(spectral.minmax_normalize(p),
+                               torch.tensor([[0.0, 1.0, 0.5], [0.0, 0.5, 1.0], [0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(spectral.minmax_normalize(p[:2], eps=1.0),
                                torch.tensor([[0.0, 2 / 3, 1 / 3], [0.0, 0.4, 0.8]]))
+
