@@ -179,9 +179,33 @@ def test_off_carrier_generator_is_called_out():
     monitor.observe(beside.expand(64, 1, 32, 32))
     monitor.finish_tick()
     assert monitor.warning and 'next to the data' in monitor.warning
+    assert 'next to the data' in monitor.notice(done=False)
+    monitor.observe(beside.expand(64, 1, 32, 32))      # still beside: the log is not repeated
+    monitor.finish_tick()
+    assert monitor.warning and monitor.notice(done=False) is None
     monitor.observe(as_float(real[:64]))
     monitor.finish_tick()
     assert monitor.warning is None
+    assert 'now peaks on' in monitor.notice(done=False) and monitor.notice(done=False) is None
+
+
+def test_run_that_ends_beside_the_peak_is_reported_as_failed():
+    """The last tick's verdict is printed even when the earlier ticks already said so."""
+    from training import synthetic
+    spec = synthetic.CosineSpec(resolution=32, freqs=((15, 15),))
+    m, p = synthetic.sample_cosine_params(spec, 256, seed=0)
+    real = torch.from_numpy(synthetic.to_uint8(synthetic.render_cosines(spec, m, p)))[:, None]
+    monitor = SpectralMonitor(specmetrics.batch_power_sum(real).reshape(32, 32).numpy() / 256, 'cpu')
+    y, x = torch.meshgrid(torch.arange(32.), torch.arange(32.), indexing='ij')
+    beside = 0.3 * torch.cos(torch.pi * (x + y))
+    for done in (False, False, True):
+        monitor.observe(beside.expand(64, 1, 32, 32))
+        monitor.finish_tick()
+        text = monitor.notice(done=done)
+    assert 'training ended this way' in text
+    monitor.observe(as_float(real[:64]))
+    monitor.finish_tick()
+    assert 'now peaks on' in monitor.notice(done=True)
 
 
 def test_no_peak_warning_for_a_generator_far_from_the_peak():

@@ -63,6 +63,7 @@ class SpectralMonitor:
         self.last_pbar = None           # the previous tick's mean generated spectrum (for figures)
         self.last_results = None
         self.warning = None             # set when the generated spectrum peaks elsewhere than the real one
+        self._told_off_peak = False     # the log already says so (messages are printed on changes only)
         self._freqs, real_db = specmetrics.radial_db_profile(self.real_pbar)
         self._real_peak = dominant_peak(real_db)
 
@@ -99,6 +100,25 @@ class SpectralMonitor:
                                 f'cycles/pixel, the training images\' at {self._freqs[self._real_peak]:.3f}: the '
                                 f'generator\'s energy sits next to the data\'s peak, not on it')
         return self.last_results
+
+    def notice(self, done: bool) -> str | None:
+        """The line to print after this tick, if any. Early in training a shifted generator's
+        energy commonly sits beside the data's peak before it moves onto it, so the log says so
+        when that starts and when it ends, not every tick; at the last tick a generator still
+        beside the peak is reported as a failed run."""
+        if self.warning is not None:
+            if done:
+                return (self.warning + '; training ended this way, so this run has not learned the data\'s '
+                        'peak (see spectrum-*.png and spectral-monitor.png in the run directory)')
+            if not self._told_off_peak:
+                self._told_off_peak = True
+                return self.warning + ' (yet: a later tick says when that changes)'
+            return None
+        if self._told_off_peak:
+            self._told_off_peak = False
+            return (f'the generated images\' spectrum now peaks on the training images\' peak '
+                    f'({self._freqs[self._real_peak]:.3f} cycles/pixel)')
+        return None
 
     def tick_summary(self) -> str:
         r = self.last_results

@@ -431,11 +431,11 @@ def training_loop(
                   ('gpumem', f'{gpu_gb:<6.2f}'), ('augment', f'{p_now:.3f}'))
         say(' '.join(f'{label} {value}' for label, value in fields)
             + ('' if monitor is None else '   ' + monitor.tick_summary()))
-        if monitor is not None and monitor.warning:
-            say(monitor.warning)
         if not done and abort_fn is not None and abort_fn():
             done = True
             say('Aborting...')
+        if monitor is not None and (notice := monitor.notice(done)):
+            say(notice)
 
         def due(every):
             return every is not None and (done or tick % every == 0)
