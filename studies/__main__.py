@@ -31,8 +31,10 @@ def _words(text, allowed, what):
     return values
 
 
-def setup_options(fn):
-    """The train.py-equivalent flags every study takes."""
+def setup_options(fn=None, *, seeds='0,1,2'):
+    """The train.py-equivalent flags every study takes (`seeds`: the study's default --seeds)."""
+    if fn is None:
+        return lambda f: setup_options(f, seeds=seeds)
     options = [
         click.option('--outdir', required=True, metavar='DIR', help='Where datasets, runs and results go'),
         click.option('--resolution', type=click.IntRange(8, 1024), default=32, show_default=True, help='Image size'),
@@ -46,7 +48,7 @@ def setup_options(fn):
         click.option('--gamma', type=click.FloatRange(min=0), default=1.0, show_default=True, help='R1 gamma'),
         click.option('--samples', type=click.IntRange(min=10), default=1000, show_default=True,
                      help='Generated and held-out images per measurement'),
-        click.option('--seeds', default='0,1,2', show_default=True, help='Training seeds'),
+        click.option('--seeds', default=seeds, show_default=True, help='Training seeds'),
         click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True,
                      help='Processes per run (GPUs, or CPU processes)'),
         click.option('--device', default=None, help='Force a torch device (e.g. cpu) [default: cuda if available]'),
@@ -84,7 +86,7 @@ def cosine_command(outdir, carrier, variants, seeds, **kw):
 
 
 @main.command(name='bias_curve')
-@setup_options
+@setup_options(seeds='0')
 @click.option('--carriers', default='1,3,5,7,9,11,13,15', show_default=True,
               help='Carriers c: planar cosines at (c, c) cycles per image')
 @click.option('--variants', default=','.join(runs.VARIANTS[:4]), show_default=True, help=runs.VARIANT_HELP)
