@@ -28,6 +28,7 @@ from training import training_stats
 REAL_IMAGES = 10000          # as specdisc10k: the monitor reuses that metric's cached real spectrum
 PEAK_PROMINENCE_DB = 20.0    # a real radial profile whose maximum stands this far above its median has a peak
 NEAR_PEAK_BINS = 3           # "beside the peak": the generated maximum within this many radial bins
+BESIDE_EXCESS_DB = 3.0       # ... holding this much more power than the training images have in that bin
 STAT_NAMES = ('Spectral/db_low', 'Spectral/db_mid', 'Spectral/db_high', 'Spectral/leakage')
 
 
@@ -64,8 +65,8 @@ class SpectralMonitor:
         self.last_results = None
         self.warning = None             # set when the generated spectrum peaks elsewhere than the real one
         self._told_off_peak = False     # the log already says so (messages are printed on changes only)
-        self._freqs, real_db = specmetrics.radial_db_profile(self.real_pbar)
-        self._real_peak = dominant_peak(real_db)
+        self._freqs, self._real_db = specmetrics.radial_db_profile(self.real_pbar)
+        self._real_peak = dominant_peak(self._real_db)
 
     def observe(self, images: torch.Tensor) -> None:
         """Add a batch of generated images [N, C, H, W] in [-1, 1] (called inside the training step)."""
@@ -92,12 +93,17 @@ class SpectralMonitor:
         if self._real_peak is not None:
             _, gen_db = specmetrics.radial_db_profile(self.last_pbar)
             gen_peak = int(np.argmax(gen_db[1:])) + 1
+            excess = float(gen_db[gen_peak] - self._real_db[gen_peak])
             # The failure this names: energy in a band beside the data's peak (e.g. the output
-            # shift landing on (16,16) for data at (15,15)); a generator that has not found the
-            # peak at all shows in db_high instead.
-            if 0 < abs(gen_peak - self._real_peak) <= NEAR_PEAK_BINS:
+            # shift landing on (16,16) for data at (15,15)). The Hann window spreads a carrier over
+            # neighbouring bins, so the data's own profile is nearly as high next to its peak; a
+            # generator on the carrier may have its maximum there too, but not well above the
+            # data's level (at most 1.8 dB in the cosine study's successful runs, 5-9 dB in the
+            # failed ones). A generator that has not found the peak at all shows in db_high instead.
+            if 0 < abs(gen_peak - self._real_peak) <= NEAR_PEAK_BINS and excess > BESIDE_EXCESS_DB:
                 self.warning = (f'warning: the generated images\' spectrum peaks at {self._freqs[gen_peak]:.3f} '
-                                f'cycles/pixel, the training images\' at {self._freqs[self._real_peak]:.3f}: the '
+                                f'cycles/pixel with {excess:.1f} dB more power than the training images have '
+                                f'there, and theirs peaks at {self._freqs[self._real_peak]:.3f}: the '
                                 f'generator\'s energy sits next to the data\'s peak, not on it')
         return self.last_results
 
