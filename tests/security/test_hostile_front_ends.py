@@ -1,5 +1,5 @@
-"""The hostile-pickle corpus through the command-line front ends: generate.py and calc_metrics.py
-each refuse every file with one 'Error: ...' line naming it, no traceback, no marker, within an
+"""The hostile-pickle corpus through the command-line front ends: generate.py, calc_metrics.py
+and `train.py --resume` each refuse every file with one 'Error: ...' line naming it, no traceback, no marker, within an
 address-space limit.
 
 One subprocess per front end runs its click command over the whole corpus (importing torch once);
@@ -83,6 +83,19 @@ def test_calc_metrics_refuses_the_corpus(hostile):
     for name, case in cases.items():
         assert_refused(results[name], case)
     assert not marker.exists()
+
+
+def test_train_resume_refuses_the_corpus(hostile):
+    """Resuming (fine-tuning) from a hostile file ends before training, with no run directory left."""
+    cases, marker, directory = hostile
+    arg_sets = {name: [f'--outdir={directory / "runs"}', '--data=builtin:blobs16', f'--resume={case.path}',
+                       '--kimg=1', '--cbase=1024', '--cmax=32', '--workers=0']
+                for name, case in cases.items()}
+    results = run_front_end('train', 'main', arg_sets)
+    for name, case in cases.items():
+        assert_refused(results[name], case)
+    assert not marker.exists()
+    assert not (directory / 'runs').exists() or not os.listdir(directory / 'runs')
 
 
 def test_generate_process_end_to_end(hostile, tmp_path):
