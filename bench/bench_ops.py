@@ -43,7 +43,7 @@ def naive_upfirdn(x, f, up=1, down=1, pads=(0, 0, 0, 0), gain=1):
 
 def naive_conv2d_resample(x, w, f, up=1, down=1, padding=0, flip_weight=True):
     """The defining chain: FIR upsampling (zero insertion), the convolution, FIR downsampling."""
-    fh = fw = f.shape[0]
+    fw = f.shape[0]
     p0 = p1 = padding
     if up > 1:
         p0, p1 = p0 + (fw + up - 1) // 2, p1 + (fw - up) // 2

@@ -602,7 +602,8 @@ def test_upfirdn2d_gradient_is_the_documented_adjoint(up, down, pad, flip):
     y = upfirdn2d.upfirdn2d(x, f, up=list(up), down=list(down), padding=list(pad), flip_filter=flip, gain=1.5)
     dy = rand(*y.shape, seed=72)
     (grad,) = torch.autograd.grad(y, x, dy)
-    (ux, uy), (dx, dy_), (px0, px1, py0, py1) = up, down, pad
+    (ux, uy), (dx, dy_) = up, down
+    px0, py0 = pad[0], pad[2]
     fh, fw = f.shape
     H, W, H_out, W_out = x.shape[2], x.shape[3], y.shape[2], y.shape[3]
     adj_pad = (fw - px0 - 1, W * ux - W_out * dx + px0 - ux + 1, fh - py0 - 1, H * uy - H_out * dy_ + py0 - uy + 1)
