@@ -107,7 +107,10 @@ def ssd_command(outdir, data, metric, seeds, **kw):
     """specdisc of the plain and the --cfg=ssd generator at equal kimg (ssd.json)."""
     if not metric.startswith('specdisc'):
         raise click.BadParameter(f'{metric} is not a specdisc metric', param_hint='--metric')
-    ssd.run(outdir, _setup(kw), data, _ints(seeds, '--seeds'), metric)
+    try:
+        ssd.run(outdir, _setup(kw), data, _ints(seeds, '--seeds'), metric)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
 
 
 if __name__ == '__main__':

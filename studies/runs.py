@@ -55,6 +55,35 @@ class Setup:
     threads: int | None = None
 
 
+# The Setup fields that decide what a run learns or how it is measured (not where or how fast it runs).
+RESULT_FIELDS = ('resolution', 'count', 'kimg', 'batch', 'cbase', 'cmax', 'map', 'gamma', 'samples')
+
+
+def result_setup(setup: Setup, **extra) -> dict:
+    """What a result.json records of the settings that made it."""
+    return dict({k: getattr(setup, k) for k in RESULT_FIELDS}, **extra)
+
+
+def finished_result(result_path, setup: Setup, **extra) -> dict | None:
+    """The result of a finished run, None when the run has not finished. A result made with other
+    settings is an error (ValueError naming the file): a study never mixes runs of two setups."""
+    if not os.path.isfile(result_path):
+        return None
+    try:
+        with open(result_path, encoding='utf-8') as f:
+            result = json.load(f)
+        made = result['setup']
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f'{result_path} is not a result this study wrote ({type(err).__name__}: {err}); '
+                         'delete it to rerun that job') from None
+    wanted = result_setup(setup, **extra)
+    if made != wanted:
+        differ = ', '.join(f'{k} {made.get(k)!r} instead of {v!r}' for k, v in wanted.items() if made.get(k) != v)
+        raise ValueError(f'{result_path} was made with other settings ({differ}); use another --outdir '
+                         'or the settings it was made with')
+    return result
+
+
 def variant_flags(variant: str, carrier, resolution: int) -> dict:
     """train.py flags that make `variant` for a dataset whose carrier is (fx, fy) cycles per image."""
     fx, fy = carrier
@@ -154,9 +183,9 @@ def run_job(outdir, setup: Setup, carrier, variant, seed, say=print) -> dict:
     name = job_name(carrier, variant, seed)
     run_dir = os.path.join(outdir, 'runs', name)
     result_path = os.path.join(run_dir, 'result.json')
-    if os.path.isfile(result_path):
-        with open(result_path, encoding='utf-8') as f:
-            return json.load(f)
+    done = finished_result(result_path, setup)
+    if done is not None:
+        return done
     check_variant(variant, carrier, setup.resolution)
     data = dataset(outdir, setup, carrier)
     say(f'--- {name}: training {setup.kimg} kimg at {setup.resolution} px ---')
@@ -165,7 +194,8 @@ def run_job(outdir, setup: Setup, carrier, variant, seed, say=print) -> dict:
     spec = cosine_spec(setup.resolution, carrier)
     fake = generate(snapshot, setup.samples, seed, setup.device)
     magnitudes, _ = synthetic.estimate_cosine_params(fake, spec)
-    result = dict(job=name, carrier=list(carrier), variant=variant, seed=seed, snapshot=os.path.relpath(snapshot, outdir),
+    result = dict(job=name, setup=result_setup(setup), carrier=list(carrier), variant=variant, seed=seed,
+                  snapshot=os.path.relpath(snapshot, outdir),
                   train_seconds=round(time.time() - started, 1), **measure(held_out(spec, setup.samples), fake, spec),
                   magnitudes=[round(float(m), 5) for m in magnitudes[:, 0]])
     files.write_text(result_path, json.dumps(result, indent=1))

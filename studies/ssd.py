@@ -29,9 +29,9 @@ def run(outdir, setup: runs.Setup, data='builtin:blobs32', seeds=(0, 1, 2), metr
         for seed in seeds:
             run_dir = os.path.join(outdir, 'runs', f'{variant}-seed{seed}')
             result_path = os.path.join(run_dir, 'result.json')
-            if os.path.isfile(result_path):
-                with open(result_path, encoding='utf-8') as f:
-                    results[variant].append(json.load(f))
+            done = runs.finished_result(result_path, setup, data=data, metric=metric)
+            if done is not None:
+                results[variant].append(done)
                 continue
             say(f'--- {variant}, seed {seed}: training {setup.kimg} kimg ---')
             started = time.time()
@@ -39,7 +39,8 @@ def run(outdir, setup: runs.Setup, data='builtin:blobs32', seeds=(0, 1, 2), metr
             trained = checkpoint.load_network_pkl(snapshot, verbose=False)
             values = metric_main.calc_metric(metric, G=trained['G_ema'], dataset_kwargs=trained['training_set_kwargs'],
                                              device=setup.device).results
-            result = dict(variant=variant, seed=seed, snapshot=os.path.relpath(snapshot, outdir),
+            result = dict(variant=variant, seed=seed, setup=runs.result_setup(setup, data=data, metric=metric),
+                          snapshot=os.path.relpath(snapshot, outdir),
                           train_seconds=round(time.time() - started, 1),
                           **{k: values[f'{metric}_{k}'] for k in KEYS})
             files.write_text(result_path, json.dumps(result, indent=1))

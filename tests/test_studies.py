@@ -61,6 +61,11 @@ def test_cosine_study_toy(tmp_path):
     assert 'successes' in data['variants']['out'] and 'successes' not in data['variants']['base']
     assert 0 <= data['reference']['magnitude']['w1'] < 0.1          # real vs real: small
     assert os.path.getsize(out / 'cosine.png') > 5000
+    # The same outdir with another setting refuses the old runs instead of mixing them in.
+    result = invoke(['cosine', f'--outdir={out}', '--carrier=7,7', '--variants=base', '--seeds=0']
+                    + [a if a != '--kimg=1' else '--kimg=2' for a in TOY])
+    assert result.exit_code == 1 and 'Traceback' not in result.output, result.output
+    assert 'result.json was made with other settings (kimg 1 instead of 2)' in result.output
 
 
 def test_ssd_study_toy(tmp_path):
@@ -72,6 +77,9 @@ def test_ssd_study_toy(tmp_path):
     assert all(data['variants'][v]['high']['n'] == 1 for v in ('plain', 'ssd'))
     options = json.loads((out / 'runs' / 'ssd-seed0' / 'training_options.json').read_text())
     assert options['D_kwargs']['class_name'] == 'stylefreq.ssd.SSDDiscriminator'
+    # Another dataset in the same outdir is refused by name, not measured against the old runs.
+    result = invoke(['ssd', f'--outdir={out}', '--data=builtin:blobs32', '--metric=specdisc1k', '--seeds=0'] + TOY)
+    assert result.exit_code == 1 and "data 'builtin:blobs16' instead of 'builtin:blobs32'" in result.output, result.output
 
 
 @pytest.mark.parametrize('args, message', [
