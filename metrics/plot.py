@@ -57,6 +57,21 @@ def _fmt(v):
     return f'{v:.4g}'
 
 
+def _legend_rows(draw, series, font, width):
+    """The labelled series as legend rows that fit `width`: [[(index, series, entry width)]]."""
+    rows, used = [], width
+    for i, s in enumerate(series):
+        if not s[0]:
+            continue
+        entry = 22 + _text_size(draw, s[0], font)[0] + 16
+        if used + entry > width and (not rows or rows[-1]):
+            rows.append([])
+            used = 0
+        rows[-1].append((i, s, entry))
+        used += entry
+    return rows
+
+
 def line_chart(series, title='', xlabel='', ylabel='', size=(480, 320), vlines=(), hline=None, xlim=None,
                ylim=None, markers=False):
     """series: [(label, xs, ys)] or [(label, xs, ys, color)]. vlines: x positions drawn dashed."""
@@ -64,8 +79,9 @@ def line_chart(series, title='', xlabel='', ylabel='', size=(480, 320), vlines=(
     img = PIL.Image.new('RGB', size, _BG)
     draw = PIL.ImageDraw.Draw(img)
     font = _font()
-    has_legend = any(s[0] for s in series)
-    left, right, top, bottom = 62, 12, 38 if has_legend else 24, 40
+    left, right, bottom = 62, 12, 40
+    legend_rows = _legend_rows(draw, series, font, W - left - right)
+    top = 24 + 14 * len(legend_rows)
     x0, x1, y0, y1 = left, W - right, top, H - bottom
 
     xs_all = np.concatenate([np.asarray(s[1], np.float64) for s in series]) if series else np.zeros(1)
@@ -120,13 +136,13 @@ def line_chart(series, title='', xlabel='', ylabel='', size=(480, 320), vlines=(
         if markers or len(pts) == 1:
             for (x, y) in pts:
                 draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-    lx = x0
-    for i, s in enumerate(series):          # legend: one row between the title and the plot
-        if s[0]:
+    for row, entries in enumerate(legend_rows):     # legend: rows between the title and the plot
+        lx, ly = x0, 14 * row
+        for i, s, width in entries:
             color = s[3] if len(s) > 3 else COLORS[i % len(COLORS)]
-            draw.line([(lx, 27), (lx + 18, 27)], fill=color, width=2)
-            draw.text((lx + 22, 21), s[0], fill=_FG, font=font)
-            lx += 22 + _text_size(draw, s[0], font)[0] + 16
+            draw.line([(lx, 27 + ly), (lx + 18, 27 + ly)], fill=color, width=2)
+            draw.text((lx + 22, 21 + ly), s[0], fill=_FG, font=font)
+            lx += width
 
     if title:
         tw, _ = _text_size(draw, title, font)
