@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tempfile
 
 import torch
@@ -89,6 +90,13 @@ def launch(worker, num_procs: int = 1, args: tuple = (), threads: int | None = N
 
 def _spawned(local_rank, worker, args, num_procs, init, threads, device):
     _run(worker, args, local_rank, num_procs, local_rank, num_procs, init, threads, device)
+    # Done, and the process group is gone: leave without the interpreter's teardown, in which the
+    # C++ runtime of a process that ran gloo collectives sometimes aborts ("terminate called
+    # without an active exception", SIGABRT after a complete run). An exception above still
+    # reaches torch.multiprocessing's error queue as usual.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run(worker, args, rank, world, local_rank, local_world, init_method, threads, device):
@@ -100,7 +108,10 @@ def _run(worker, args, rank, world, local_rank, local_world, init_method, thread
         dist.init_process_group(backend='nccl' if dev.type == 'cuda' else 'gloo', init_method=init_method,
                                 rank=rank, world_size=world)
     try:
-        return worker(Process(rank=rank, world_size=world, local_rank=local_rank, device=dev), *args)
+        result = worker(Process(rank=rank, world_size=world, local_rank=local_rank, device=dev), *args)
+        if world > 1:
+            dist.barrier()      # no rank tears the group down while another still uses it
+        return result
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
