@@ -16,8 +16,9 @@ def test_legend_wraps_into_rows_that_fit():
     assert all(sum(width for _, _, width in row) <= 300 for row in rows)
     one_row = plot.line_chart(series[:1], size=(300, 200))
     wrapped = plot.line_chart(series, size=(300, 200))
-    # The plot frame starts lower when the legend needs more rows (its top edge is the first dark row).
+    # The plot frame starts lower when the legend needs more rows: its top edge is the first row
+    # that is dark across the plot's width (legend text never is).
     def frame_top(img):
-        a = np.asarray(img.convert('L'))[:, 100]
-        return int(np.argmax(a[30:] < 60)) + 30
-    assert frame_top(wrapped) > frame_top(one_row)
+        dark = np.asarray(img.convert('L'))[:, 70:280] < 60
+        return int(np.argmax(dark.mean(axis=1) > 0.95))
+    assert frame_top(one_row) == 24 + 14 and frame_top(wrapped) == 24 + 14 * len(rows)
