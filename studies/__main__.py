@@ -4,13 +4,14 @@ stylefreq's own training, generation and metrics (see each study's module for wh
     python -m studies cosine --outdir=study-cosine          one high carrier, base/out/fsg, 3 seeds
     python -m studies bias_curve --outdir=bias              W1 against carrier frequency per variant
     python -m studies ssd --outdir=study-ssd                specdisc of plain vs --cfg=ssd generators
+    python -m studies ablation --outdir=study-ablation      the output shift, one training choice changed at a time
 """
 
 from __future__ import annotations
 
 import click
 
-from studies import bias_curve, cosine, runs, ssd
+from studies import ablation, bias_curve, cosine, runs, ssd
 
 
 def _ints(text, what):
@@ -31,16 +32,16 @@ def _words(text, allowed, what):
     return values
 
 
-def setup_options(fn=None, *, seeds='0,1,2'):
-    """The train.py-equivalent flags every study takes (`seeds`: the study's default --seeds)."""
+def setup_options(fn=None, *, seeds='0,1,2', kimg=20):
+    """The train.py-equivalent flags every study takes (`seeds`, `kimg`: the study's defaults)."""
     if fn is None:
-        return lambda f: setup_options(f, seeds=seeds)
+        return lambda f: setup_options(f, seeds=seeds, kimg=kimg)
     options = [
         click.option('--outdir', required=True, metavar='DIR', help='Where datasets, runs and results go'),
         click.option('--resolution', type=click.IntRange(8, 1024), default=32, show_default=True, help='Image size'),
         click.option('--count', type=click.IntRange(min=100), default=5000, show_default=True,
                      help='Training images per dataset'),
-        click.option('--kimg', type=click.IntRange(min=1), default=20, show_default=True, help='Training length per run'),
+        click.option('--kimg', type=click.IntRange(min=1), default=kimg, show_default=True, help='Training length per run'),
         click.option('--batch', type=click.IntRange(min=1), default=32, show_default=True, help='Batch size'),
         click.option('--cbase', type=click.IntRange(min=1), default=2048, show_default=True, help='channel_base'),
         click.option('--cmax', type=click.IntRange(min=1), default=64, show_default=True, help='channel_max'),
@@ -109,6 +110,24 @@ def ssd_command(outdir, data, metric, seeds, **kw):
         raise click.BadParameter(f'{metric} is not a specdisc metric', param_hint='--metric')
     try:
         ssd.run(outdir, _setup(kw), data, _ints(seeds, '--seeds'), metric)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@main.command(name='ablation')
+@setup_options(seeds='0,1,2,3,4', kimg=10)
+@click.option('--carrier', default='15,15', show_default=True, help='Carrier FX,FY in cycles per image')
+@click.option('--factors', default=','.join(ablation.DEFAULT_FACTORS), show_default=True,
+              help='What to change, one at a time: ' + '; '.join(f'{k}: {f.what}' for k, f in ablation.FACTORS.items()))
+@click.option('--base-seeds', default='0,1', show_default=True, help='Seeds of the plain generator (the success threshold)')
+def ablation_command(outdir, carrier, factors, seeds, base_seeds, **kw):
+    """The output-shift recipe with one training choice changed at a time (ablation.json, ablation.png)."""
+    pair = _ints(carrier, '--carrier')
+    if len(pair) != 2:
+        raise click.BadParameter(f'{carrier!r} is not FX,FY', param_hint='--carrier')
+    try:
+        ablation.run(outdir, _setup(kw), tuple(pair), _words(factors, tuple(ablation.FACTORS), '--factors'),
+                     _ints(seeds, '--seeds'), _ints(base_seeds, '--base-seeds'))
     except ValueError as err:
         raise click.ClickException(str(err)) from None
 

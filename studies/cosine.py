@@ -41,7 +41,7 @@ def run(outdir, setup: runs.Setup, carrier=(15, 15), variants=('base', 'out', 'f
                reference=runs.reference(outdir, setup, carrier), variants=table,
                runs=[{k: v for k, v in r.items() if k != 'magnitudes'} for per_seed in results.values() for r in per_seed])
     files.write_text(os.path.join(outdir, 'cosine.json'), json.dumps(out, indent=1))
-    draw(outdir, setup, carrier, results)
+    draw(os.path.join(outdir, 'cosine.png'), setup, carrier, results)
     for variant, entry in table.items():
         s = entry['magnitude_w1']
         extra = f', {entry["successes"]}/{s["n"]} seeds at most half of base' if 'successes' in entry else ''
@@ -49,19 +49,20 @@ def run(outdir, setup: runs.Setup, carrier=(15, 15), variants=('base', 'out', 'f
     return out
 
 
-def draw(outdir, setup, carrier, results):
-    """cosine.png: one panel per variant, the held-out reals' magnitude histogram and every seed's."""
+def draw(path, setup, carrier, results, columns=3):
+    """A PNG with one panel per entry of `results` ({label: [result per seed]}): the held-out reals'
+    magnitude histogram and every seed's, `columns` panels a row."""
     spec = runs.cosine_spec(setup.resolution, carrier)
     real_m, _ = synthetic.estimate_cosine_params(runs.held_out(spec, setup.samples), spec)
     density, edges = carrier_distance.histogram(real_m[:, 0], carrier_distance.MAGNITUDE_RANGE)
     panels = []
-    for variant, per_seed in results.items():
+    for label, per_seed in results.items():
         series = [('real', edges, density)]
         for r in per_seed:
             series.append((f'seed {r["seed"]} W1 {r["magnitude"]["w1"]:.2f}', edges,
                            carrier_distance.histogram(r['magnitudes'], carrier_distance.MAGNITUDE_RANGE)[0]))
-        panels.append(plot.line_chart(series, title=f'{variant}: magnitude at carrier {tuple(carrier)}',
+        panels.append(plot.line_chart(series, title=f'{label}: magnitude at carrier {tuple(carrier)}',
                                       xlabel='magnitude', ylabel='density', size=(420, 300)))
-    image = plot.grid([panels])
-    with files.atomic_write(os.path.join(outdir, 'cosine.png'), 'wb') as f:
+    image = plot.grid([panels[i:i + columns] for i in range(0, len(panels), columns)])
+    with files.atomic_write(path, 'wb') as f:
         image.save(f, format='PNG')

@@ -141,18 +141,22 @@ def held_out(spec, count, seed=1_000_001):
 # ---------------------------------------------------------------------------------------------------
 # Jobs.
 
-def job_name(carrier, variant, seed) -> str:
-    return f'{carrier[0]}x{carrier[1]}-{variant}-seed{seed}'
+def job_name(carrier, variant, seed, factor=None) -> str:
+    tag = f'-{factor}' if factor else ''
+    return f'{carrier[0]}x{carrier[1]}-{variant}{tag}-seed{seed}'
 
 
-def train(run_dir, data, flags: dict, seed: int, setup: Setup) -> str:
+def train(run_dir, data, flags: dict, seed: int, setup: Setup, edit=None) -> str:
     """Train one job in `run_dir` from scratch (a leftover of an interrupted job is removed);
-    returns its final snapshot."""
+    returns its final snapshot. `edit(options)`, when given, changes the training options that
+    train.py's flags made (an ablation's one change) before the run starts."""
     if os.path.exists(run_dir):
         shutil.rmtree(run_dir)
     _, options = config.training_options(
         data=data, gpus=setup.gpus, cbase=setup.cbase, cmax=setup.cmax, map=setup.map, batch=setup.batch,
         gamma=setup.gamma, kimg=setup.kimg, aug='noaug', metrics=[], seed=seed, snap=10 ** 6, workers=0, **flags)
+    if edit is not None:
+        edit(options)
     options.run_dir = run_dir
     launch.launch(options, threads=setup.threads, device=setup.device)
     snapshots = sorted(name for name in os.listdir(run_dir) if name.startswith('network-snapshot-'))
@@ -178,23 +182,27 @@ def measure(real, fake, spec) -> dict:
     return dict(distances, mean_magnitude_real=float(real_m.mean()), mean_magnitude_fake=float(fake_m.mean()))
 
 
-def run_job(outdir, setup: Setup, carrier, variant, seed, say=print) -> dict:
-    """Train and measure one job, or read its result if it already finished."""
-    name = job_name(carrier, variant, seed)
+def run_job(outdir, setup: Setup, carrier, variant, seed, say=print, factor=None, flags=None, edit=None) -> dict:
+    """Train and measure one job, or read its result if it already finished. `factor` names what an
+    ablation changed (in the job's name and its recorded setup): train.py `flags` added to the
+    variant's, and/or an `edit` of the training options (see train)."""
+    name = job_name(carrier, variant, seed, factor)
     run_dir = os.path.join(outdir, 'runs', name)
     result_path = os.path.join(run_dir, 'result.json')
-    done = finished_result(result_path, setup)
+    extra = {'factor': factor} if factor else {}
+    done = finished_result(result_path, setup, **extra)
     if done is not None:
         return done
     check_variant(variant, carrier, setup.resolution)
     data = dataset(outdir, setup, carrier)
     say(f'--- {name}: training {setup.kimg} kimg at {setup.resolution} px ---')
     started = time.time()
-    snapshot = train(run_dir, data, variant_flags(variant, carrier, setup.resolution), seed, setup)
+    snapshot = train(run_dir, data, dict(variant_flags(variant, carrier, setup.resolution), **(flags or {})), seed,
+                     setup, edit)
     spec = cosine_spec(setup.resolution, carrier)
     fake = generate(snapshot, setup.samples, seed, setup.device)
     magnitudes, _ = synthetic.estimate_cosine_params(fake, spec)
-    result = dict(job=name, setup=result_setup(setup), carrier=list(carrier), variant=variant, seed=seed,
+    result = dict(job=name, setup=result_setup(setup, **extra), carrier=list(carrier), variant=variant, seed=seed,
                   snapshot=os.path.relpath(snapshot, outdir),
                   train_seconds=round(time.time() - started, 1), **measure(held_out(spec, setup.samples), fake, spec),
                   magnitudes=[round(float(m), 5) for m in magnitudes[:, 0]])

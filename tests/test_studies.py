@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -80,6 +81,44 @@ def test_ssd_study_toy(tmp_path):
     # Another dataset in the same outdir is refused by name, not measured against the old runs.
     result = invoke(['ssd', f'--outdir={out}', '--data=builtin:blobs32', '--metric=specdisc1k', '--seeds=0'] + TOY)
     assert result.exit_code == 1 and "data 'builtin:blobs16' instead of 'builtin:blobs32'" in result.output, result.output
+
+
+def test_ablation_toy(tmp_path):
+    out = tmp_path / 'abl'
+    result = invoke(['ablation', f'--outdir={out}', '--carrier=7,7', '--factors=recipe,no-ema,d-aa,ssd-aa', '--seeds=0',
+                     '--base-seeds=0'] + TOY)
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(out / 'runs')) == ['7x7-base-seed0', '7x7-out-aa-seed0', '7x7-out-aa-ssd-aa-seed0',
+                                                 '7x7-out-no-ema-seed0', '7x7-out-seed0']
+    data = json.loads((out / 'ablation.json').read_text())
+    assert list(data['factors']) == ['recipe', 'no-ema', 'd-aa', 'ssd-aa']
+    threshold = 0.5 * data['runs'][0]['magnitude']['w1']        # the one base run
+    for name, entry in data['factors'].items():
+        w1 = entry['per_seed']['0']
+        assert 0 <= w1 <= 1 and entry['successes'] == int(w1 <= threshold), name
+    # Each factor changed exactly its one option of the recipe's training options.
+    options = {name: json.loads((out / 'runs' / name / 'training_options.json').read_text())
+               for name in ('7x7-out-seed0', '7x7-out-no-ema-seed0', '7x7-out-aa-seed0', '7x7-out-aa-ssd-aa-seed0')}
+    recipe = options['7x7-out-seed0']
+
+    def changed(other):
+        return sorted(k for k in recipe if k != 'run_dir' and recipe[k] != other[k])
+    assert changed(options['7x7-out-no-ema-seed0']) == ['ema_kimg'] and recipe['ema_kimg'] > 0
+    assert changed(options['7x7-out-aa-seed0']) == ['D_kwargs']
+    assert recipe['D_kwargs']['block_kwargs'] == {'resample_filter': [1]}
+    assert options['7x7-out-aa-seed0']['D_kwargs']['block_kwargs'] == {}
+    ssd = options['7x7-out-aa-ssd-aa-seed0']['D_kwargs']       # --cfg=ssd around the anti-aliased D
+    assert ssd['class_name'] == 'stylefreq.ssd.SSDDiscriminator' and ssd['spatial_kwargs']['block_kwargs'] == {}
+    # Without the EMA the snapshot's G_ema is G; with it, it is not.
+    for name, same in (('7x7-out-no-ema-seed0', True), ('7x7-out-seed0', False)):
+        job = next(r for r in data['runs'] if r['job'] == name)
+        snap = checkpoint.load_network_pkl(str(out / job['snapshot']), verbose=False)
+        equal = all(torch.equal(a, b) for a, b in zip(snap['G'].parameters(), snap['G_ema'].parameters()))
+        assert equal == same, name
+    with Image.open(out / 'ablation.png') as im:
+        assert im.size == (4 * 420 + 5 * 8, 2 * 300 + 3 * 8)  # base + four factors, four a row
+    result = invoke(['ablation', f'--outdir={out}', '--factors=recipe,no-such'] + TOY)
+    assert result.exit_code == 2 and 'no-such is not one of' in result.output and 'Traceback' not in result.output
 
 
 @pytest.mark.parametrize('args, message', [
