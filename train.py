@@ -119,7 +119,7 @@ Under torchrun the presets are computed for torchrun's number of processes.
 @click.option('--freq-shift', help='Frequency-shifted synthesis: none, out, fsg16, noshift16, learn16 or carriers '
               'u,v;u,v in cycles/pixel, e.g. 1/16,0;0,1/16 [default: none]', metavar='SPEC')
 @click.option('--d-antialias', help='Low-pass (FIR) before each downsampling in D; 0 lets D see content near '
-              'Nyquist [default: true]', type=bool, metavar='BOOL')
+              'Nyquist [default: 0 with --freq-shift=out, else 1]', type=bool, metavar='BOOL')
 @click.option('--spectral-monitor', help='Report the generated images\' spectral discrepancy every tick '
               '[default: true with --cfg=ssd or --freq-shift]', type=bool, metavar='BOOL')
 def main(ctx, outdir, dry_run, threads, **flags):

@@ -3,10 +3,10 @@ choice changes?
 
     python -m studies ablation --outdir=study-ablation                 # 32 px, (15,15), 10 kimg, 5 seeds
 
-The reference is the cosine study's `out` variant (`--freq-shift=out --d-antialias=0`) at the
-study setup; each factor changes one thing of it: D's anti-aliasing, D's architecture, path-length
-regularisation, style mixing, the EMA, the learning rate, R1's gamma, the mapping depth, the dataset
-size. Two more factors, not in the default list, ask whether SSD-GAN's spectral branch (`--cfg=ssd`)
+The reference is the cosine study's `out` variant (`--freq-shift=out`, whose D has no anti-aliasing
+by default) at the study setup; each factor changes one thing of it: D's anti-aliasing, D's
+architecture, path-length regularisation, style mixing, the EMA, the learning rate, R1's gamma, the
+mapping depth, the dataset size. Two more factors, not in the default list, ask whether SSD-GAN's spectral branch (`--cfg=ssd`)
 changes the result, with and without D's anti-aliasing. Training length is the `--kimg` of two runs
 of this study (or of the cosine study, which runs the reference at 20 kimg). The plain generator is
 trained on `--base-seeds` at the same setup: a run *succeeds* when its magnitude W1 is at most half
@@ -64,8 +64,8 @@ def _d_orig(options):
 
 
 FACTORS = {
-    'recipe': Factor('none: --freq-shift=out --d-antialias=0 at the study setup'),
-    'd-aa': Factor("D with upstream's anti-aliasing (no --d-antialias=0)", variant='out-aa'),
+    'recipe': Factor('none: --freq-shift=out (with its default --d-antialias=0) at the study setup'),
+    'd-aa': Factor("D with upstream's anti-aliasing (--d-antialias=1)", variant='out-aa'),
     'd-orig': Factor("D architecture 'orig' (no residual connections) instead of 'resnet'", edit=_d_orig),
     'no-pl': Factor('no path-length regularisation (pl_weight 0 instead of 2)', edit=_no_pl),
     'no-mix': Factor('no style mixing (probability 0 instead of 0.9)', edit=_no_mixing),
@@ -75,8 +75,8 @@ FACTORS = {
     'map8': Factor('8 mapping layers', setup=dict(map=8)),
     'count1000': Factor('1000 training images', setup=dict(count=1000)),
     'ssd': Factor("SSD-GAN's spectral branch in D (--cfg=ssd)", flags=dict(cfg='ssd')),
-    'ssd-aa': Factor("--cfg=ssd with upstream's anti-aliasing in the spatial D: does the spectral branch "
-                     "replace --d-antialias=0?", flags=dict(cfg='ssd'), variant='out-aa'),
+    'ssd-aa': Factor("--cfg=ssd with upstream's anti-aliasing in the spatial D (--d-antialias=1): does the "
+                     "spectral branch replace D's view near Nyquist?", flags=dict(cfg='ssd'), variant='out-aa'),
 }
 DEFAULT_FACTORS = tuple(name for name in FACTORS if not name.startswith('ssd'))
 

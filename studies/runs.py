@@ -32,9 +32,10 @@ from training.dataset import ImageFolderDataset
 from training.dataset_writer import write_cosine_dataset
 
 VARIANTS = ('base', 'out', 'fsg', 'ssd', 'out-aa', 'base-noaa')
-VARIANT_HELP = ('base: the plain generator; out: --freq-shift=out (the (-1)^(x+y) output shift) with '
-                '--d-antialias=0, the recipe; fsg: one FSG carrier at the data\'s frequency; ssd: the plain '
-                'generator with --cfg=ssd; out-aa: the output shift with the anti-aliased D (upstream\'s); '
+VARIANT_HELP = ('base: the plain generator; out: --freq-shift=out (the (-1)^(x+y) output shift, by default '
+                'with a D without anti-aliasing, --d-antialias=0); fsg: one FSG carrier at the data\'s frequency; '
+                'ssd: the plain generator with --cfg=ssd; out-aa: the output shift with the anti-aliased D '
+                '(upstream\'s, --d-antialias=1); '
                 'base-noaa: the plain generator with --d-antialias=0 (a control)')
 
 
@@ -87,7 +88,7 @@ def finished_result(result_path, setup: Setup, **extra) -> dict | None:
 def variant_flags(variant: str, carrier, resolution: int) -> dict:
     """train.py flags that make `variant` for a dataset whose carrier is (fx, fy) cycles per image."""
     fx, fy = carrier
-    flags = {'base': {}, 'out': dict(freq_shift='out', d_antialias=False), 'out-aa': dict(freq_shift='out'),
+    flags = {'base': {}, 'out': dict(freq_shift='out'), 'out-aa': dict(freq_shift='out', d_antialias=True),
              'fsg': dict(freq_shift=f'{fx}/{resolution},{fy}/{resolution}'), 'ssd': dict(cfg='ssd'),
              'base-noaa': dict(d_antialias=False)}
     if variant not in flags:

@@ -299,17 +299,28 @@ def test_threads_flag_reaches_the_process_launcher(tmp_path, monkeypatch):
 
 
 def test_d_antialias_flag_options_name_and_advice(tmp_path):
-    _, plain = config.training_options(data='builtin:blobs32', freq_shift='out')
-    assert 'resample_filter' not in plain.D_kwargs.block_kwargs
-    assert config.advice(plain) == [config.OUT_SHIFT_WARNING]
-    desc, opened = config.training_options(data='builtin:blobs32', freq_shift='out', d_antialias=False)
-    assert opened.D_kwargs.block_kwargs.resample_filter == [1] and desc.endswith('-dnoaa-out')
-    assert config.advice(opened) == []
-    _, ssd = config.training_options(data='builtin:blobs32', cfg='ssd', freq_shift='out', d_antialias=False)
+    _, plain = config.training_options(data='builtin:blobs32')
+    assert 'resample_filter' not in plain.D_kwargs.block_kwargs            # upstream's D unless told
+    # --freq-shift=out: D without the low-pass by default, inside the SSD wrapper too.
+    desc, out = config.training_options(data='builtin:blobs32', freq_shift='out')
+    assert out.D_kwargs.block_kwargs.resample_filter == [1] and desc.endswith('-out-dnoaa')
+    assert config.advice(out) == []
+    _, ssd = config.training_options(data='builtin:blobs32', cfg='ssd', freq_shift='out')
     assert ssd.D_kwargs.spatial_kwargs.block_kwargs.resample_filter == [1] and config.advice(ssd) == []
+    # Asking for the anti-aliased D with the output shift is allowed, with the measured warning.
+    desc, aa = config.training_options(data='builtin:blobs32', freq_shift='out', d_antialias=True)
+    assert 'resample_filter' not in aa.D_kwargs.block_kwargs and not desc.endswith('dnoaa')
+    assert config.advice(aa) == [config.OUT_SHIFT_WARNING]
+    _, ssd_aa = config.training_options(data='builtin:blobs32', cfg='ssd', freq_shift='out', d_antialias=True)
+    assert config.advice(ssd_aa) == [config.OUT_SHIFT_WARNING]
+    desc, opened = config.training_options(data='builtin:blobs32', d_antialias=False)
+    assert opened.D_kwargs.block_kwargs.resample_filter == [1] and desc.endswith('-dnoaa')
     _, fsg = config.training_options(data='builtin:blobs32', freq_shift='fsg16')
-    assert config.advice(fsg) == []
+    assert 'resample_filter' not in fsg.D_kwargs.block_kwargs and config.advice(fsg) == []
     result = invoke([f'--outdir={tmp_path}', '--data=builtin:blobs32', '--freq-shift=out', '--dry-run'])
+    assert result.exit_code == 0 and 'warning' not in result.output
+    result = invoke([f'--outdir={tmp_path}', '--data=builtin:blobs32', '--freq-shift=out', '--d-antialias=1',
+                     '--dry-run'])
     assert result.exit_code == 0 and config.OUT_SHIFT_WARNING in result.output
 
 

@@ -737,6 +737,29 @@ def test_finetune_from_upstream_pickle_with_freeze_d(tmp_path, quick_grids):
     assert len(changed) >= 6, changed
 
 
+def test_finetune_with_the_output_shift_drops_the_checkpoints_d_lowpass(tmp_path, quick_grids):
+    """--freq-shift=out defaults to a D without anti-aliasing; fine-tuning a checkpoint made with D's
+    low-pass copies every learnt tensor and keeps the filter the options chose ([1])."""
+    pkl = tmp_path / 'upstream.pkl'
+    run_dir = tmp_path / 'run'
+    _, plain_args = tiny_args(run_dir)
+    _, D_src, _ = upstream_pickle(pkl, plain_args, tmp_path / 'marker')
+    desc, args = tiny_args(run_dir, resume=str(pkl), freq_shift='out')
+    assert desc.endswith('-resumecustom-out-dnoaa') and args.D_kwargs.block_kwargs.resample_filter == [1]
+    args.D_opt_kwargs.lr = 0.0              # D stays at the pickle's weights
+    args.update(total_kimg=0.016, kimg_per_tick=1, image_snapshot_ticks=None, network_snapshot_ticks=100)
+    training_loop.training_loop(rank=0, device='cpu', **args)
+    D = checkpoint.load_network_pkl(str(run_dir / 'network-snapshot-000000.pkl'))['D']
+    src, trained = all_tensors(D_src), all_tensors(D)
+    assert set(src) == set(trained)
+    # The filters of the downsampling layers (the block's, conv1, skip) are [1]; the checkpoint's were [1,3,3,1].
+    down = {n for n in trained if n.endswith(('conv1.resample_filter', 'skip.resample_filter'))
+            or re.fullmatch(r'b\d+\.resample_filter', n)}
+    assert len(down) == 6 and all(src[n].shape == (4, 4) and trained[n].shape == (1, 1) for n in down)
+    for name in set(trained) - down:
+        assert torch.equal(trained[name], src[name]), name
+
+
 def test_resume_mismatch_names_both_shapes(tmp_path):
     """A checkpoint of another resolution, or other channel counts, is refused with one sentence
     naming both shapes (with channel_base 256 every shared tensor of a 16 px and a 32 px network

@@ -332,10 +332,15 @@ def _performance(options, fp32, nhwc, nobench, allow_tf32, workers):
 
 
 def _discriminator_filter(options, name, d_antialias):
-    """--d-antialias=0: D's downsampling layers use no FIR low-pass ([1]), so content near Nyquist
-    reaches its lower resolutions as aliases instead of being filtered out (see `advice`)."""
-    if d_antialias is not None and not d_antialias:
-        options.D_kwargs.block_kwargs.resample_filter = [1]
+    """D's low-pass before each downsampling (--d-antialias). Off ([1]: content near Nyquist reaches
+    D's lower resolutions as aliases instead of being filtered out) when the flag says 0, and by
+    default with --freq-shift=out, where the anti-aliased D let the generator settle beside the data's
+    frequency on some seeds (README, "Does it work, seed after seed?"); upstream's filter otherwise.
+    Runs after the features are wired: the filter is the spatial D's, inside an SSD wrapper too."""
+    if d_antialias is None:
+        d_antialias = options.G_kwargs.get('mode') != 'out'
+    if not d_antialias:
+        options.D_kwargs.get('spatial_kwargs', options.D_kwargs).block_kwargs.resample_filter = [1]
         name.append('dnoaa')
 
 
@@ -377,8 +382,8 @@ def training_options(*, data=None, gpus=None, snap=None, metrics=None, seed=None
     _resume(options, name, resume, facts)
     _freeze(options, name, freezed)
     _performance(options, fp32, nhwc, nobench, allow_tf32, workers)
-    _discriminator_filter(options, name, d_antialias)
     _features(options, name, cfg, facts, ssd, ssd_lambda, ssd_mode, freq_shift)
+    _discriminator_filter(options, name, d_antialias)
     _spectral_monitor(options, spectral_monitor)
     return '-'.join(name), options
 
@@ -395,9 +400,10 @@ def advice(options) -> list:
 
 # README, "Does it work, seed after seed?": with upstream's D the output shift landed beside a (15,15)/32
 # carrier on 1 of 3 seeds (W1 0.469 against 0.058-0.078); without the low-pass it landed on it on 5 of 5.
-OUT_SHIFT_WARNING = ('warning: --freq-shift=out with an anti-aliased discriminator can land next to the data\'s '
-                     'frequency instead of on it (1 of 3 seeds in the README\'s measurement, "Frequency-shifted '
-                     'synthesis"); add --d-antialias=0 so the discriminator sees content near Nyquist')
+OUT_SHIFT_WARNING = ('warning: --freq-shift=out with --d-antialias=1 can land next to the data\'s frequency '
+                     'instead of on it (1 of 3 seeds in the README\'s measurement, "Frequency-shifted synthesis"); '
+                     'the default for --freq-shift=out, --d-antialias=0, lets the discriminator see content near '
+                     'Nyquist')
 
 
 # Flags that may change when a run directory is continued: the schedule, evaluation and loading,

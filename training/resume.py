@@ -188,12 +188,16 @@ def _source_name(name, source, dst_prefixes, src_prefixes):
 @torch.no_grad()
 def copy_weights(src, dst: torch.nn.Module, what: str) -> list:
     """Copy `src`'s parameters and buffers into `dst` by name; return the names of dst's tensors
-    the source does not have (they keep their values). A shape mismatch is a ResumeError."""
+    the source does not have (they keep their values). A shape mismatch is a ResumeError. The
+    resampling filters (`resample_filter` buffers) are not copied: they are what the options chose
+    (e.g. --d-antialias), so a checkpoint made with D's low-pass can be fine-tuned without it."""
     source = _tensors(src)
     src_prefixes = tuple(getattr(src, 'inner_prefixes', ()))
     dst_prefixes = tuple(getattr(dst, 'inner_prefixes', ()))
     missing = []
     for name, target in _tensors(dst).items():
+        if name.rsplit('.', 1)[-1] == 'resample_filter':
+            continue
         found = _source_name(name, source, dst_prefixes, src_prefixes)
         if found is None:
             missing.append(name)
