@@ -533,7 +533,7 @@ def test_train_freq_shift_resolution_check():
     with pytest.raises(config.UserError, match='--freq-shift=fsg16 needs a resolution of at least 16'):
         config.training_options(data='builtin:blobs8', cbase=256, cmax=32, freq_shift='fsg16')
     desc, _ = config.training_options(data='builtin:blobs8', cbase=256, cmax=32, freq_shift='out')
-    assert desc.endswith('-out')
+    assert desc.endswith('-out-dnoaa')
 
 
 def test_train_cli_error_is_one_sentence(tmp_path):
