@@ -247,3 +247,19 @@ def configure(desc: str, G_kwargs: dict, D_kwargs: dict, *, resolution: int, cha
     return (desc + branch.suffix + shift.suffix,
             wrap_generator(G_kwargs, shift),
             wrap_discriminator(D_kwargs, branch))
+
+
+# ---------------------------------------------------------------------------------------------------
+# A combination the measurements show to fail.
+
+# README, "Does it work, seed after seed?": with upstream's anti-aliased D the output shift ended
+# beside a (15,15)/32 carrier on some seeds; without D's low-pass it ended on it on every seed.
+OUT_SHIFT_RISK = ('--freq-shift=out with an anti-aliased discriminator can land next to the data\'s frequency '
+                  'instead of on it (1 of 3 seeds in the README\'s measurement, "Frequency-shifted synthesis")')
+
+
+def out_shift_meets_lowpass(G_kwargs: dict, D_kwargs: dict) -> bool:
+    """Whether the output shift trains against a D (the spatial one, inside an SSD wrapper) that
+    low-passes before each downsampling."""
+    spatial = D_kwargs.get('spatial_kwargs', D_kwargs)
+    return G_kwargs.get('mode') == 'out' and spatial.get('block_kwargs', {}).get('resample_filter') != [1]

@@ -33,6 +33,9 @@ def configure_training(desc, args, *, ssd=False, ssd_lambda=None, ssd_mode=None,
         desc, args.G_kwargs, args.D_kwargs, resolution=int(args.training_set_kwargs.resolution),
         channels=getattr(args, 'stylefreq_img_channels', None), preset_ssd=bool(ssd), ssd_lambda=ssd_lambda,
         ssd_mode=ssd_mode, freq_shift=freq_shift)
+    if features.out_shift_meets_lowpass(args.G_kwargs, args.D_kwargs):
+        print(f'warning: {features.OUT_SHIFT_RISK}; this checkout keeps upstream\'s D, while stylefreq\'s train.py '
+              'trains the output shift with D\'s low-pass off (--d-antialias=0)')
     return desc
 
 

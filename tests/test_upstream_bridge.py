@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from stylefreq import checkpoint, export, upstream
+from stylefreq import checkpoint, export, features, upstream
 from stylefreq import patch as sf_patch
 from stylefreq.kwargs import EasyDict, construct_class_by_name
 
@@ -321,6 +321,7 @@ def test_upstream_dry_run_accepts_the_new_flags(patched, dataset16, tmp_path):
                                   '--freq-shift=out', '--dry-run'])
     assert res.returncode == 0, res.stderr[-3000:]
     assert _options_json(res.stdout)['metrics'] == ['specdisc', 'fid_levels']
+    assert f'warning: {features.OUT_SHIFT_RISK}; this checkout keeps upstream\'s D' in res.stdout
     res = _run_upstream(patched, ['train.py', f'--outdir={tmp_path}', f'--data={dataset16}', '--freq-shift=bogus', '--dry-run'])
     out = res.stdout + res.stderr   # upstream's logger sends stderr to stdout
     assert res.returncode != 0 and "--freq-shift: 'bogus' is neither" in out and 'Traceback' not in out

@@ -390,20 +390,11 @@ def training_options(*, data=None, gpus=None, snap=None, metrics=None, seed=None
 
 def advice(options) -> list:
     """Warnings about option combinations that the measurements in the README show to fail."""
-    notes = []
-    G, D = options.G_kwargs, options.D_kwargs
-    spatial_D = D.get('spatial_kwargs', D)
-    if G.get('mode') == 'out' and spatial_D.get('block_kwargs', {}).get('resample_filter') != [1]:
-        notes.append(OUT_SHIFT_WARNING)
-    return notes
+    return [OUT_SHIFT_WARNING] if features.out_shift_meets_lowpass(options.G_kwargs, options.D_kwargs) else []
 
 
-# README, "Does it work, seed after seed?": with upstream's D the output shift landed beside a (15,15)/32
-# carrier on 1 of 3 seeds (W1 0.469 against 0.058-0.078); without the low-pass it landed on it on 5 of 5.
-OUT_SHIFT_WARNING = ('warning: --freq-shift=out with --d-antialias=1 can land next to the data\'s frequency '
-                     'instead of on it (1 of 3 seeds in the README\'s measurement, "Frequency-shifted synthesis"); '
-                     'the default for --freq-shift=out, --d-antialias=0, lets the discriminator see content near '
-                     'Nyquist')
+OUT_SHIFT_WARNING = (f'warning: {features.OUT_SHIFT_RISK}; the default for --freq-shift=out, --d-antialias=0, lets '
+                     'the discriminator see content near Nyquist')
 
 
 # Flags that may change when a run directory is continued: the schedule, evaluation and loading,
