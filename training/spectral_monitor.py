@@ -28,7 +28,7 @@ from training import training_stats
 REAL_IMAGES = 10000          # as specdisc10k: the monitor reuses that metric's cached real spectrum
 PEAK_PROMINENCE_DB = 20.0    # a real radial profile whose maximum stands this far above its median has a peak
 NEAR_PEAK_BINS = 3           # "beside the peak": the generated maximum within this many radial bins
-BESIDE_EXCESS_DB = 3.0       # ... holding this much more power than the training images have in that bin
+BESIDE_EXCESS_DB = 4.2       # ... holding this much more power than the training images have in that bin (README)
 STAT_NAMES = ('Spectral/db_low', 'Spectral/db_mid', 'Spectral/db_high', 'Spectral/leakage')
 
 
