@@ -253,9 +253,11 @@ def configure(desc: str, G_kwargs: dict, D_kwargs: dict, *, resolution: int, cha
 # A combination the measurements show to fail.
 
 # README, "Does it work, seed after seed?": with upstream's anti-aliased D the output shift ended
-# beside a (15,15)/32 carrier on some seeds; without D's low-pass it ended on it on every seed.
+# beside a (15,15)/32 carrier on 1 of 5 seeds at 10 kimg and 1 of 2 at 20 kimg; without D's low-pass
+# it ended on it on every seed (5 of 5 at 10 and at 20 kimg).
 OUT_SHIFT_RISK = ('--freq-shift=out with an anti-aliased discriminator can land next to the data\'s frequency '
-                  'instead of on it (1 of 3 seeds in the README\'s measurement, "Frequency-shifted synthesis")')
+                  'instead of on it (1 of 5 seeds at 10 kimg and 1 of 2 at 20 kimg in the README\'s measurement, '
+                  '"Frequency-shifted synthesis")')
 
 
 def out_shift_meets_lowpass(G_kwargs: dict, D_kwargs: dict) -> bool:
