@@ -97,8 +97,7 @@ def variant_flags(variant: str, carrier, resolution: int) -> dict:
 
 
 def check_variant(variant: str, carrier, resolution: int) -> None:
-    if variant not in VARIANTS:
-        raise ValueError(f'unknown variant {variant!r}; choose from {", ".join(VARIANTS)}')
+    variant_flags(variant, carrier, resolution)          # an unknown name is its ValueError
     if variant == 'fsg':
         fx, fy = carrier
         if resolution < 16:
